@@ -1,0 +1,47 @@
+# genlab: every target creates the virtual environment (.venv) first when it is missing.
+# `make help` lists the targets.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MODEL  ?= vae
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-all lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# The stamp is rebuilt when pyproject.toml changes, so a later call reuses the environment at once.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install genlab with its dev tools
+
+train: install  ## train a family on its default data: make train MODEL=vae ARGS="trainer.max_epochs=5"
+	$(PY) -m genlab.train model=$(MODEL) $(ARGS)
+
+test: install  ## run the fast test suite (offline, CPU, a few minutes)
+	$(PY) -m pytest -q
+
+test-all: install  ## run every test, the slow ones too
+	$(PY) -m pytest -q -m "not gpu"
+
+lint: install  ## check style with ruff
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+
+format: install  ## rewrite the code in house style with ruff
+	$(PY) -m ruff check --fix src tests bench
+	$(PY) -m ruff format src tests bench
+
+bench: install  ## step time of genlab vs a plain PyTorch loop (prints the ratio)
+	$(PY) bench/vae_step_time.py $(ARGS)
+
+clean:  ## remove caches and build files (keeps .venv, logs/ and data/)
+	rm -rf build src/*.egg-info .ruff_cache .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,95 @@
+"""Callbacks every family shares. They rely only on the family contract: `sample(n)` returns
+images `(n, C, H, W)` in [-1, 1] or a list of strings, and an optional `reconstruct(x)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torchvision.utils import make_grid, save_image
+
+
+class SampleLogger(L.Callback):
+    """Every `every_n_epochs` (and at the end of training) draws `num_samples` with a fixed seed,
+    saves them under `<run>/samples/` and sends them to each logger that shows media.
+
+    The fixed seed makes successive grids comparable: the same noise, a better model. The training
+    RNG is left untouched. Every rank samples (a sharded model needs them all); rank zero writes.
+    """
+
+    def __init__(self, every_n_epochs: int = 10, num_samples: int = 64, seed: int = 0) -> None:
+        self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
+        self._recon_batch: torch.Tensor | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._recon_batch is None and batch_idx == 0 and isinstance(batch, list | tuple):
+            self._recon_batch = batch[0][: min(32, self.num_samples)].detach()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.log_samples(trainer, pl_module, f"epoch={trainer.current_epoch:03d}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_samples(trainer, pl_module, "final")
+
+    def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            samples = pl_module.sample(self.num_samples)
+            recon = None
+            if hasattr(pl_module, "reconstruct") and self._recon_batch is not None:
+                x = self._recon_batch.to(pl_module.device)
+                recon = torch.stack([x, pl_module.reconstruct(x)], dim=1).flatten(0, 1)  # original, recon pairs
+        pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
+        folder = Path(trainer.default_root_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(samples, torch.Tensor):
+            self._log_images(trainer, "samples", samples, folder / f"samples_{tag}.png")
+            if recon is not None:
+                self._log_images(trainer, "reconstructions", recon, folder / f"reconstructions_{tag}.png")
+        else:
+            self._log_text(trainer, list(samples), folder / f"samples_{tag}.txt")
+
+    @staticmethod
+    def _log_images(trainer: L.Trainer, key: str, images: torch.Tensor, path: Path) -> None:
+        images = images.float().cpu().clamp(-1, 1)
+        if images.shape[-1] < 32:  # tiny images (8x8 digits): enlarge, pixels kept sharp, so a grid is legible
+            images = torch.nn.functional.interpolate(images, scale_factor=-(-32 // images.shape[-1]), mode="nearest")
+        nrow = max(1, int(len(images) ** 0.5)) if key == "samples" else 8
+        grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1)
+        save_image(grid, path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=key, images=[grid], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(key, grid, global_step=trainer.global_step)
+
+    @staticmethod
+    def _log_text(trainer: L.Trainer, texts: list[str], path: Path) -> None:
+        path.write_text("\n\n----------\n\n".join(texts) + "\n", encoding="utf-8")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_text(
+                    key="samples", columns=["step", "sample"], data=[[trainer.global_step, t] for t in texts]
+                )
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("samples", "\n\n".join(f"    {t}" for t in texts), trainer.global_step)
+
+
+class RunInfoInCheckpoint(L.Callback):
+    """Stores the resolved config and the W&B run id in every checkpoint, so a checkpoint alone
+    rebuilds its model (`genlab.train.load_model`) and a resumed run continues the same W&B run."""
+
+    def __init__(self, config: dict[str, Any], wandb_id: str) -> None:
+        self.config, self.wandb_id = config, wandb_id
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["genlab"] = {"config": self.config, "wandb_id": self.wandb_id}

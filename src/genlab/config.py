@@ -1,0 +1,284 @@
+"""Compose a run's config from `configs/` with plain OmegaConf, and apply command-line overrides.
+
+    configs/train.yaml              top-level keys and the default group choices
+    configs/<group>/<choice>.yaml   model, data, trainer, logger, callbacks: placed under `<group>:`
+    configs/experiment/<name>.yaml  a whole recipe: group choices plus values anywhere
+
+Precedence, lowest first: train.yaml, a model file's `_global_` section (family defaults for other
+groups, e.g. its trainer length), the group files (presets such as trainer=debug beat family
+defaults), the experiment, the command line. A model
+file names its default data (`defaults: [data: digits]`), so `model=vae` alone is a complete run.
+
+The command line takes `key=value` and `--key=value` (what `wandb agent` passes), with dotted keys
+and YAML values (`null`/`None`, `true`/`True`, numbers, `[a, b]`). A key naming a group selects a
+file (`data=mnist`, `logger=csv,wandb`). Every rank parses the same argv, so DDP ranks agree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError, MissingMandatoryValue
+
+from genlab.errors import ConfigError
+from genlab.instantiate import suggest, validate
+
+GROUPS = ("model", "data", "trainer", "logger", "callbacks")
+MULTI_CHOICE_GROUPS = ("logger", "callbacks")  # several files merge: logger=csv,wandb
+EXPERIMENT = "experiment"
+
+
+def _product(*factors: int) -> int:
+    return math.prod(factors)
+
+
+# `${mul:2,${model.latent_dim}}`: sizes that are products of other sizes.
+OmegaConf.register_resolver("mul", _product, replace=True)
+
+
+def config_dir() -> Path:
+    """`$GENLAB_CONFIG_DIR`, else the repository's `configs/` (the package is installed editable)."""
+    return Path(os.environ.get("GENLAB_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML, plus the spellings W&B and Python use (`None`, `1e-3`)."""
+    if text in ("None", "none", "null", "~", ""):
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-3 as a string
+        except ValueError:
+            return value
+    return value
+
+
+def parse_argv(argv: list[str]) -> list[tuple[str, Any]]:
+    """`k=v`, `--k=v` and `--k v` into (key, value) pairs, in order."""
+    pairs: list[tuple[str, Any]] = []
+    tokens = iter(argv)
+    for token in tokens:
+        key, eq, text = token.lstrip("-").partition("=")
+        if not eq:
+            if not token.startswith("--"):
+                raise ConfigError(f"cannot read argument '{token}': write key=value, e.g. trainer.max_epochs=5")
+            text = next(tokens, None)
+            if text is None:
+                raise ConfigError(f"'{token}' needs a value: {token}=VALUE")
+        if not key:
+            raise ConfigError(f"cannot read argument '{token}': the key is empty")
+        pairs.append((key, parse_value(text)))
+    return pairs
+
+
+def choices_of(group: str, root: Path | None = None) -> list[str]:
+    folder = (root or config_dir()) / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    content = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values")
+    return content
+
+
+def load_group_file(group: str, choice: str, root: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """A group file's body (with same-group bases merged under it) and its other-group selections.
+
+    `defaults:` entries are either a file of the same group to start from (`- default`) or a
+    selection for another group (`- data: digits`).
+    """
+    path = root / group / f"{choice}.yaml"
+    if not path.is_file():
+        available = choices_of(group, root)
+        raise ConfigError(
+            f"no config '{choice}' for {group} (looked for {path})."
+            + suggest(str(choice), available)
+            + f" Available: {', '.join(available) or 'none'}."
+        )
+    body = load_yaml(path)
+    base: dict[str, Any] = {}
+    selections: list[dict[str, str]] = []
+    for entry in body.pop("defaults", []):
+        if isinstance(entry, str):
+            parent, parent_selections = load_group_file(group, entry, root)
+            base = _merge(base, parent)
+            selections += parent_selections
+        else:
+            selections.append(entry)
+    return _merge(base, body), selections
+
+
+def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConfig:
+    """The resolved, validated run config for a command line (see the module docstring)."""
+    root = root or config_dir()
+    cfg = load_yaml(root / "train.yaml")
+    choices: dict[str, Any] = {}
+    for entry in cfg.pop("defaults", []):
+        choices.update(entry)
+
+    pairs = parse_argv(argv or [])
+    selected = {key: value for key, value in pairs if key in (*GROUPS, EXPERIMENT)}
+    overrides = [(key, value) for key, value in pairs if key not in selected]
+
+    experiment: dict[str, Any] = {}
+    exp_choices: dict[str, Any] = {}
+    exp_name = selected.get(EXPERIMENT, choices.get(EXPERIMENT))
+    if exp_name is not None:
+        experiment, exp_selections = load_group_file(EXPERIMENT, exp_name, root)
+        for entry in exp_selections:
+            exp_choices.update(entry)
+
+    # Model first: its file names the defaults of the other groups.
+    choices.update({k: v for k, v in exp_choices.items() if k == "model"})
+    choices.update({k: v for k, v in selected.items() if k == "model"})
+    if choices.get("model") is None:
+        raise ConfigError(f"choose a model: model=<name>, one of {', '.join(choices_of('model', root))}")
+    model, model_selections = load_group_file("model", choices["model"], root)
+    family_globals = model.pop("_global_", {})
+    for entry in model_selections:
+        choices.update(entry)
+    choices.update(exp_choices)
+    choices.update(selected)
+    choices[EXPERIMENT] = exp_name
+
+    cfg["model"] = model
+    cfg = _merge(cfg, family_globals)
+    for group in GROUPS[1:]:
+        cfg[group] = _merge(cfg.get(group) or {}, _load_choices(group, choices.get(group), root))
+    cfg = _merge(cfg, experiment)
+    cfg["groups"] = {group: choices.get(group) for group in (*GROUPS, EXPERIMENT)}
+
+    for key, value in overrides:
+        set_key(cfg, key, value)
+
+    conf = OmegaConf.create(cfg)
+    # run_dir is decided at start-up (genlab.run); a stand-in lets everything else resolve now.
+    try:
+        resolved = OmegaConf.to_container(_with_run_dir_stand_in(conf), resolve=True)
+    except (InterpolationKeyError, InterpolationResolutionError) as err:
+        raise ConfigError(_mismatch_message(err, choices)) from None
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"'{err.full_key}' is required: add {err.full_key}=... to the command line") from None
+    validate(resolved)
+    OmegaConf.set_struct(conf, True)
+    return conf
+
+
+def _load_choices(group: str, choice: Any, root: Path) -> dict[str, Any]:
+    if choice is None:
+        if group == "data":
+            raise ConfigError(f"choose data: data=<name>, one of {', '.join(choices_of('data', root))}")
+        return {}
+    if isinstance(choice, str) and group in MULTI_CHOICE_GROUPS:
+        choice = [part.strip() for part in choice.split(",") if part.strip()]
+    if isinstance(choice, list):
+        if group not in MULTI_CHOICE_GROUPS:
+            raise ConfigError(f"{group} takes one choice, got {choice}")
+        merged: dict[str, Any] = {}
+        for part in choice:
+            merged = _merge(merged, load_group_file(group, part, root)[0])
+        return merged
+    return load_group_file(group, str(choice), root)[0]
+
+
+def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a plain dict config; the path must exist, or its parent must be an object
+    node whose constructor takes the new key (checked by `validate`)."""
+    if dotted.split(".")[0] == "groups":
+        raise ConfigError("'groups' records the chosen files; select a file with model=..., data=... instead")
+    node = cfg
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(child, dict):
+            _unknown_key(dotted, ".".join(parts[:depth]), node, part)
+        node = child
+    leaf = parts[-1]
+    if leaf not in node:
+        if "_target_" not in node:
+            _unknown_key(dotted, ".".join(parts[:-1]), node, leaf)
+        node[leaf] = value
+        return
+    node[leaf] = _typed_like(dotted, node[leaf], value, checked_later="_target_" in node)
+
+
+def _unknown_key(dotted: str, parent: str, node: Any, part: str) -> None:
+    keys = [k for k in node if k not in ("_target_", "_partial_")] if isinstance(node, dict) else []
+    where = f"under '{parent}'" if parent else "at the top level"
+    raise ConfigError(
+        f"unknown key '{dotted}': there is no '{part}' {where}."
+        + suggest(part, keys)
+        + (f" Valid keys there: {', '.join(sorted(keys))}." if keys else "")
+    )
+
+
+def _typed_like(dotted: str, old: Any, new: Any, checked_later: bool) -> Any:
+    """Keep plain keys' types (an object's arguments are checked against its signature instead)."""
+    if checked_later or old is None or new is None or "${" in str(old):
+        return new
+    if isinstance(old, bool) != isinstance(new, bool):
+        raise ConfigError(f"'{dotted}' must be true or false, got {new!r}")
+    if isinstance(old, str) and isinstance(new, int | float):
+        return str(new)
+    if isinstance(old, float) and isinstance(new, int):
+        return float(new)
+    if isinstance(old, int | float) and not isinstance(new, int | float):
+        raise ConfigError(f"'{dotted}' must be a number, got {new!r}")
+    if isinstance(old, dict | list) and not isinstance(new, type(old)):
+        raise ConfigError(f"'{dotted}' must be a {type(old).__name__}, got {new!r}")
+    return new
+
+
+def _mismatch_message(err: Exception, choices: dict[str, Any]) -> str:
+    key = getattr(err, "full_key", "?")
+    text = str(err).splitlines()[0]
+    missing = text.split("'")[1] if "'" in text else text
+    if missing.startswith("data."):
+        return (
+            f"model '{choices.get('model')}' does not fit data '{choices.get('data')}': {key} needs "
+            f"'{missing}', which that data does not provide. Pick data made for this model "
+            f"(its default is in configs/model/{choices.get('model')}.yaml)."
+        )
+    return f"cannot resolve '{key}': {text}"
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of plain dicts; `update` wins. A `_target_` change replaces the whole node
+    (different class, different arguments)."""
+    out = dict(base)
+    for key, value in update.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict) and not _other_class(old, value):
+            out[key] = _merge(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _with_run_dir_stand_in(cfg: DictConfig) -> DictConfig:
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    if copy.get("run_dir") is None:
+        copy.run_dir = "<run_dir>"
+    return copy
+
+
+def _other_class(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return "_target_" in old and "_target_" in new and old["_target_"] != new["_target_"]
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (`<run_dir>` stands for the folder a run will pick)."""
+    return OmegaConf.to_yaml(_with_run_dir_stand_in(cfg), resolve=True)

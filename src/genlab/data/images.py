@@ -1,0 +1,149 @@
+"""What every image data module shares: the value range, splits fixed by seed, and batch loading.
+
+Images are float tensors `(B, C, H, W)` in [-1, 1] (the range tanh outputs and diffusion assumes),
+labels are int64 `(B,)`. Every image source can be resized (`image_size`) and given 1 or 3
+channels, so any image family runs on any image data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from genlab.errors import ConfigError
+
+
+def to_model_range(images: torch.Tensor, channels: int, image_size: int) -> torch.Tensor:
+    """uint8 `(N, C, H, W)` in [0, 255] (or float in [0, 1]) to float in [-1, 1], at the asked size."""
+    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = x.expand(-1, channels, -1, -1)
+        elif channels == 1:  # ITU-R 601 luma
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        else:
+            raise ConfigError(f"cannot turn {x.shape[1]}-channel images into {channels} channels")
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(0, 1).mul(2).sub(1).contiguous()
+
+
+class TensorImages(Dataset):
+    """Images and labels held in memory. Indexed with a list of indices, it returns the whole
+    batch with one gather instead of collating samples one by one."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index_tensor = torch.as_tensor(index)
+        return self.images[index_tensor], self.labels[index_tensor]
+
+
+class ShuffledBatches(DistributedSampler):
+    """Yields whole batches of indices, this rank's share of them.
+
+    Why a DistributedSampler: Lightning then leaves it in place under DDP instead of wrapping it,
+    and it reshuffles from `seed + epoch` (Lightning calls `set_epoch`), so a resumed run replays
+    exactly the batches an unbroken run would have seen.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> None:
+        ddp = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,
+            num_replicas=dist.get_world_size() if ddp else 1,
+            rank=dist.get_rank() if ddp else 0,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        self.batch_size, self.drop_last_batch = batch_size, drop_last
+
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = list(super().__iter__())
+        stop = len(indices) - (len(indices) % self.batch_size if self.drop_last_batch else 0)
+        for start in range(0, stop, self.batch_size):
+            yield indices[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (1 if rest and not self.drop_last_batch else 0)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Splits one labelled image set into train/val/test by seed; subclasses implement `load()`.
+
+    `batch_size` is per device: with N devices an optimizer step sees N x batch_size images.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        num_classes: int,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 or 3, got {channels}")
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ConfigError("data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1")
+        self.image_size, self.channels, self.num_classes = image_size, channels, num_classes
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.splits: dict[str, Dataset] = {}
+
+    def load(self) -> dict[str, Dataset]:
+        """The data set(s): {"all": ds} to be split by fraction, or explicit "train"/"test" parts."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        parts = self.load()
+        generator = torch.Generator().manual_seed(self.seed)
+        if "all" in parts:
+            n = len(parts["all"])
+            n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
+            train, val, test = torch.utils.data.random_split(
+                parts["all"], [n - n_val - n_test, n_val, n_test], generator
+            )
+        else:
+            n = len(parts["train"])
+            n_val = round(n * self.val_fraction)
+            train, val = torch.utils.data.random_split(parts["train"], [n - n_val, n_val], generator)
+            test = parts["test"]
+        self.splits = {"train": train, "val": val, "test": test}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        sampler = ShuffledBatches(dataset, self.batch_size, shuffle=shuffle, seed=self.seed, drop_last=shuffle)
+        return DataLoader(
+            dataset,
+            batch_size=None,  # the sampler yields batches
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

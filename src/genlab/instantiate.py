@@ -1,0 +1,184 @@
+"""Build objects from config nodes, and check the nodes against the constructors before building.
+
+A node with `_target_: pkg.module.Name` is built as `Name(**other_keys)` (nested nodes first);
+`_partial_: true` gives a `functools.partial` instead, for objects the module finishes itself
+(an optimizer needs the parameters). This is the small part of Hydra's `instantiate` we need,
+without Hydra's process-level state, which breaks under DDP (lightning-hydra-template#393).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import functools
+import importlib
+import inspect
+import types
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from genlab.errors import ConfigError
+
+SPECIAL_KEYS = ("_target_", "_partial_")
+
+
+def locate(path: str) -> Any:
+    """Import `a.b.C` (the longest importable module prefix, then attributes)."""
+    parts = path.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            break
+        return obj
+    raise ConfigError(f"_target_: cannot import '{path}'; check the spelling of the module and class")
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """Build the object a node describes; `kwargs` are runtime arguments (callbacks, loggers)."""
+    if isinstance(node, DictConfig | ListConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    return _build(node, kwargs)
+
+
+def _build(node: Any, extra: dict[str, Any] | None = None) -> Any:
+    if isinstance(node, dict):
+        if "_target_" not in node:
+            return {key: _build(value) for key, value in node.items()}
+        args = {key: _build(value) for key, value in node.items() if key not in SPECIAL_KEYS}
+        args.update(extra or {})
+        target = locate(node["_target_"])
+        return functools.partial(target, **args) if node.get("_partial_") else target(**args)
+    if isinstance(node, list):
+        return [_build(value) for value in node]
+    return node
+
+
+def _signatures(target: Any) -> list[Any]:
+    """The callables whose arguments `target` takes: for a class, its `__init__` and, while each
+    passes `**kwargs` on, the `__init__`s up its MRO (so a subclass's forwarded keys are known)."""
+    if not inspect.isclass(target):
+        return [target]
+    inits = []
+    for cls in inspect.getmro(target):
+        if "__init__" not in vars(cls) or cls is object:
+            continue
+        inits.append(cls.__init__)
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()):
+            break
+    return inits or [target]
+
+
+def accepted_keys(target: Any) -> set[str] | None:
+    """Argument names `target` accepts, or None when it takes arbitrary **kwargs (anything goes)."""
+    names: set[str] = set()
+    open_ended = False
+    for fn in _signatures(target):
+        params = inspect.signature(fn).parameters.values()
+        open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return None if open_ended else names - {"self"}
+
+
+def suggest(word: str, choices: collections.abc.Iterable[str]) -> str:
+    """' Did you mean: a, b?' for the nearest choices, or '' when none is near."""
+    near = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.6)
+    return f" Did you mean: {', '.join(near)}?" if near else ""
+
+
+def validate(node: Any, where: str = "") -> None:
+    """Check every `_target_` node: importable, no unknown keys, simple types right, nothing missing.
+
+    Runs on the resolved config before anything is built, so a typo fails in a second, not after
+    the data has loaded.
+    """
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            validate(item, f"{where}[{i}]")
+        return
+    if not isinstance(node, dict):
+        return
+    if "_target_" in node:
+        _validate_target_node(node, where)
+    for key, value in node.items():
+        validate(value, f"{where}.{key}" if where else key)
+
+
+def _validate_target_node(node: dict[str, Any], where: str) -> None:
+    target = locate(node["_target_"])
+    name = node["_target_"].rsplit(".", 1)[-1]
+    accepted = accepted_keys(target)
+    hints = _type_hints(target)
+    for key, value in node.items():
+        if key in SPECIAL_KEYS:
+            continue
+        if accepted is not None and key not in accepted:
+            raise ConfigError(
+                f"unknown key '{where}.{key}': {name} takes no argument '{key}'."
+                + suggest(key, accepted)
+                + f" It takes: {', '.join(sorted(accepted))}."
+            )
+        hint = hints.get(key)
+        is_object = isinstance(value, dict) and "_target_" in value
+        if hint is not None and not is_object and not _matches(value, hint):
+            raise ConfigError(f"'{where}.{key}' = {value!r} has the wrong type: {name} expects {_show(hint)}.")
+    if not node.get("_partial_"):
+        params = inspect.signature(_signatures(target)[0]).parameters.values()
+        required = {
+            p.name
+            for p in params
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+        }
+        missing = sorted(required - set(node))
+        if missing:
+            raise ConfigError(f"'{where}' is missing {', '.join(repr(m) for m in missing)}, needed by {name}.")
+
+
+def _type_hints(target: Any) -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    for fn in reversed(_signatures(target)):  # the subclass's hints win
+        try:
+            hints.update(typing.get_type_hints(fn))
+        except Exception:  # unresolvable forward references in a library: skip type checks there
+            continue
+    return hints
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """A deliberately small type check: scalars, None, unions, literals, lists, dicts."""
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    container = origin or hint
+    if container in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, list | tuple)
+    if container in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    return True  # classes, callables, paths...: the constructor will say
+
+
+def _show(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

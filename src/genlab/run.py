@@ -1,0 +1,136 @@
+"""The run folder: where a run writes, which checkpoint it resumes, and loading a model back.
+
+    logs/<model>/<run_name>/
+        config.yaml           the resolved config (earlier ones kept as config.<n>.yaml on resume)
+        checkpoints/          last.ckpt and the best on val/loss
+        metrics.csv           CSV logger (default)
+        samples/              PNG grids (text for language models)
+        wandb_id, wandb/      W&B run id and files, tensorboard/ when those loggers are on
+
+The folder is decided once by the launching process and passed to the processes Lightning starts
+for DDP through the environment, so every rank writes to the same place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from genlab.errors import ConfigError
+from genlab.instantiate import instantiate
+
+RUN_DIR_ENV, RESUME_ENV = "GENLAB_RUN_DIR", "GENLAB_RESUME_FROM"
+LAST = "last.ckpt"
+
+
+@dataclass
+class Run:
+    dir: Path
+    resume_from: Path | None
+
+
+def prepare_run(cfg: DictConfig) -> Run:
+    """Decide the run folder and the checkpoint to resume, write `run_dir` into `cfg` and save the
+    config there (rank zero)."""
+    if os.environ.get(RUN_DIR_ENV):  # a process Lightning launched for another rank
+        run = Run(Path(os.environ[RUN_DIR_ENV]), Path(p) if (p := os.environ.get(RESUME_ENV)) else None)
+    elif cfg.ckpt_path is not None:
+        run = _resumed_run(cfg)
+    else:
+        run = Run(_new_run_dir(cfg), None)
+    os.environ[RUN_DIR_ENV] = str(run.dir)
+    os.environ[RESUME_ENV] = str(run.resume_from or "")
+    with open_dict(cfg):
+        cfg.run_dir = str(run.dir)
+    _save_config(cfg, run.dir)
+    if run.resume_from:
+        rank_zero_info(f"Resuming {run.dir} from {run.resume_from}")
+    else:
+        rank_zero_info(f"Run folder: {run.dir}")
+    return run
+
+
+def _model_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.log_dir) / str(cfg.groups.model)
+
+
+def _launcher_run_name() -> str | None:
+    """A name every rank of a multi-process launch agrees on without talking to the others."""
+    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return f"torchrun-{run_id}" if run_id != "none" else None
+
+
+def _new_run_dir(cfg: DictConfig) -> Path:
+    name = cfg.run_name or _launcher_run_name()
+    if name is not None:
+        run_dir = _model_dir(cfg) / str(name)
+        if (run_dir / "checkpoints" / LAST).is_file():
+            raise ConfigError(
+                f"run folder {run_dir} already holds checkpoints: continue it with ckpt_path=last, "
+                "or pick another run_name"
+            )
+        return run_dir
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir, n = _model_dir(cfg) / stamp, 1
+    while run_dir.exists():  # two runs started in the same second
+        run_dir, n = _model_dir(cfg) / f"{stamp}_{n}", n + 1
+    return run_dir
+
+
+def _resumed_run(cfg: DictConfig) -> Run:
+    """`ckpt_path`: "last" (run_name's run, else the newest run of this model), a run folder, or a file."""
+    ckpt = str(cfg.ckpt_path)
+    if ckpt == "last":
+        if cfg.run_name:
+            candidates = [_model_dir(cfg) / str(cfg.run_name) / "checkpoints" / LAST]
+        else:
+            candidates = sorted(_model_dir(cfg).glob(f"*/checkpoints/{LAST}"), key=lambda p: p.stat().st_mtime)
+        existing = [c for c in candidates if c.is_file()]
+        if not existing:
+            raise ConfigError(
+                f"ckpt_path=last: no checkpoint to resume under {_model_dir(cfg)}"
+                + (f"/{cfg.run_name}" if cfg.run_name else "")
+                + ". Start a new run without ckpt_path, or give a checkpoint file or run folder."
+            )
+        path = existing[-1]
+    else:
+        path = Path(ckpt)
+        if path.is_dir():
+            path = path / "checkpoints" / LAST
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path: no checkpoint at '{path}'")
+    is_run_folder = path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
+    return Run(path.parent.parent if is_run_folder else _new_run_dir(cfg), path)
+
+
+@rank_zero_only
+def _save_config(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    if path.is_file() and path.read_text() != text:  # a resume with other overrides: keep the old one
+        n = 1
+        while (run_dir / f"config.{n}.yaml").exists():
+            n += 1
+        path.rename(run_dir / f"config.{n}.yaml")
+    path.write_text(text)
+
+
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> L.LightningModule:
+    """A trained model from a genlab checkpoint alone (its config travels inside it), in eval mode."""
+    checkpoint: dict[str, Any] = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    if "genlab" not in checkpoint:
+        raise ConfigError(f"{ckpt_path} is not a genlab checkpoint (no 'genlab' entry with its config)")
+    model = instantiate(checkpoint["genlab"]["config"]["model"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
