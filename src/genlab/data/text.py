@@ -1,0 +1,337 @@
+"""Text for language models: one corpus, tokenized once, read as random windows of tokens.
+
+    (default)       the English reference text shipped with Python (`pydoc_data.topics`, the pages
+                    `help()` shows: ~465k characters, 103 distinct), so a first run needs nothing
+    path=FILE       any local UTF-8 text file
+    url=URL         downloaded once into `data_dir/`, read from there after
+
+A file is tokenized once into `<file>.<tokenizer>.bin` (uint16 ids, as nanoGPT's prepare.py does)
+with a small `.json` beside it (the vocabulary and the source's size and mtime, to notice a changed
+file). Later runs map the .bin into memory (`np.memmap`) and start at once; the file is read in
+chunks, so a corpus larger than memory works. The embedded corpus is small and tokenized in memory.
+
+Batches are `(x, y)`, each `(B, block_size)` int64, `y` being `x` shifted by one token. The split is
+by position (the last `val_fraction` of the tokens is validation), so validation text is never
+seen in training, not even as overlapping windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from genlab.data import tokenizers
+from genlab.data.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, TokenizerKind
+from genlab.errors import ConfigError, DataError
+
+CHUNK_CHARS = 2**24  # characters read at a time while tokenizing a file (~64 MB as code points)
+EMBEDDED = "the embedded corpus (pydoc_data.topics)"
+
+
+def embedded_corpus() -> str:
+    """The text of Python's `help()` topics: English prose with code, shipped with every CPython."""
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics.values())
+
+
+def url_cache_path(url: str, data_dir: str | Path) -> Path:
+    """Where `url` is kept: `data_dir/<name>-<8 hex of the url>.<ext>` (many corpora are "input.txt")."""
+    name = Path(urllib.parse.urlparse(url).path).name or "download.txt"
+    stem, dot, ext = name.partition(".")
+    digest = hashlib.sha1(url.encode()).hexdigest()[:8]
+    return Path(data_dir) / f"{stem}-{digest}{dot}{ext}"
+
+
+def download(url: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    rank_zero_info(f"Downloading {url} to {dest}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except (OSError, ValueError) as err:  # URLError/HTTPError/timeouts are OSErrors; a malformed URL a ValueError
+        partial.unlink(missing_ok=True)
+        raise DataError(
+            f"data.url: could not download {url} ({err}). Without network, put the file at {dest} "
+            "yourself, or train on a local file with data.path=..."
+        ) from None
+    partial.replace(dest)  # a download cut short never looks complete
+
+
+def read_chunks(path: Path) -> Iterator[str]:
+    """The file's text in chunks; a clear DataError for a file that is not UTF-8 text."""
+    try:
+        with open(path, encoding="utf-8", newline="") as file:  # newline="": keep the bytes' line ends
+            while chunk := file.read(CHUNK_CHARS):
+                if "\x00" in chunk:
+                    raise DataError(f"'{path}' holds NUL bytes: it looks like a binary file, not text")
+                yield chunk
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"'{path}' is not UTF-8 text ({err.reason} at byte {err.start} of a chunk): "
+            "is it a binary file? Convert it to UTF-8 text first."
+        ) from None
+
+
+def tokenize_file(source: Path, kind: TokenizerKind, bin_path: Path) -> tuple[Tokenizer, int]:
+    """Write `source`'s token ids to `bin_path` (uint16) chunk by chunk; returns the tokenizer and count."""
+    if kind == "char":  # a first pass for the vocabulary
+        points = np.zeros(0, dtype=np.uint32)
+        for chunk in read_chunks(source):
+            points = np.union1d(points, np.unique(tokenizers.code_points(chunk)))
+        if len(points) == 0:
+            raise DataError(f"'{source}' is empty: give a file with some text")
+        tokenizer: Tokenizer = CharTokenizer.from_code_points(points)
+    else:
+        tokenizer = ByteTokenizer()
+    partial = bin_path.with_name(bin_path.name + ".part")
+    count = 0
+    with open(partial, "wb") as out:
+        for chunk in read_chunks(source):
+            ids = tokenizer.encode(chunk)
+            ids.tofile(out)
+            count += len(ids)
+    if count == 0:
+        partial.unlink()
+        raise DataError(f"'{source}' is empty: give a file with some text")
+    partial.replace(bin_path)
+    return tokenizer, count
+
+
+class TokenWindows(Dataset):
+    """Windows of `block_size + 1` consecutive tokens in `tokens[start:stop]`. Indexed with a list
+    of window starts it returns the whole batch `(x, y)`, each `(B, block_size)` int64."""
+
+    def __init__(self, tokens: np.ndarray, start: int, stop: int, block_size: int) -> None:
+        self.tokens, self.start, self.stop, self.block_size = tokens, start, stop, block_size
+        self._span = np.arange(block_size + 1)
+
+    def __len__(self) -> int:  # the number of window starts
+        return self.stop - self.start - self.block_size
+
+    def __getitem__(self, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.start + np.asarray(starts)[:, None] + self._span  # (B, block_size + 1)
+        windows = torch.from_numpy(self.tokens[index].astype(np.int64))
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Worker processes reopen the memmap instead of receiving a pickled copy of the whole corpus.
+        state = dict(self.__dict__)
+        if isinstance(self.tokens, np.memmap):
+            state["tokens"] = ("memmap", self.tokens.filename)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["tokens"], tuple):
+            state["tokens"] = np.memmap(state["tokens"][1], dtype=np.uint16, mode="r")
+        self.__dict__.update(state)
+
+
+def _ddp_world() -> tuple[int, int]:
+    ddp = dist.is_available() and dist.is_initialized()
+    return (dist.get_world_size(), dist.get_rank()) if ddp else (1, 0)
+
+
+class RandomWindows(DistributedSampler):
+    """`num_batches` batches of random window starts for this rank.
+
+    A DistributedSampler so that Lightning leaves it in place under DDP; drawn from `seed + epoch`
+    (Lightning calls `set_epoch`), so a resumed run sees the batches an unbroken run would.
+    """
+
+    def __init__(self, dataset: TokenWindows, batch_size: int, num_batches: int, seed: int) -> None:
+        world, rank = _ddp_world()
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.batch_size, self.num_batches = batch_size, num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        shape = (self.num_batches, self.num_replicas, self.batch_size)  # every rank draws all, keeps its own
+        starts = torch.randint(len(self.dataset), shape, generator=generator)[:, self.rank]
+        yield from starts.tolist()
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class EvalWindows(DistributedSampler):
+    """Batches of non-overlapping windows covering the split, in an order fixed by `seed`, so that
+    `limit_val_batches` evaluates a fair sample of the split and the same one every time."""
+
+    def __init__(self, dataset: TokenWindows, batch_size: int, seed: int) -> None:
+        world, rank = _ddp_world()
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False, seed=seed)
+        starts = torch.arange(0, len(dataset), dataset.block_size)
+        starts = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))]
+        per_rank = -(-len(starts) // world)  # pad by wrapping around, so every rank runs as many batches
+        starts = starts.repeat(-(-per_rank * world // len(starts)))[: per_rank * world]
+        self.batches = starts[rank::world].split(batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (batch.tolist() for batch in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class TextDataModule(L.LightningDataModule):
+    """A text corpus as token windows for next-token prediction; `vocab_size` is known after `setup()`.
+
+    `batch_size` is per device. One training epoch draws as many windows as the training split
+    holds `block_size` pieces, so an epoch is about one pass over the training text.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        url: str | None = None,
+        tokenizer: TokenizerKind = "char",
+        block_size: int = 128,
+        batch_size: int = 32,
+        val_fraction: float = 0.1,
+        data_dir: str = "data",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        """`path` (a local text file) or `url` (downloaded into `data_dir`), or neither for the
+        embedded corpus; `tokenizer` is "char" (vocabulary from the corpus) or "byte" (256 ids)."""
+        super().__init__()
+        if path is not None and url is not None:
+            raise ConfigError("data.path and data.url are both set: give one (or neither, for the embedded corpus)")
+        if tokenizer not in ("char", "byte"):
+            raise ConfigError(f"data.tokenizer must be 'char' or 'byte', got {tokenizer!r}")
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if block_size < 1 or batch_size < 1:
+            raise ConfigError("data.block_size and data.batch_size must be at least 1")
+        self.path, self.url, self.tokenizer_kind = path, url, tokenizer
+        self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
+        self.data_dir, self.num_workers, self.seed = Path(data_dir), num_workers, seed
+        self.tokenizer: Tokenizer | None = None
+        self.tokens: np.ndarray | None = None
+        self.splits: dict[str, TokenWindows] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer is None:
+            raise RuntimeError("TextDataModule.vocab_size is known after setup()")
+        return self.tokenizer.vocab_size
+
+    @property
+    def source(self) -> Path | None:
+        """The text file (None for the embedded corpus)."""
+        if self.url is not None:
+            return url_cache_path(self.url, self.data_dir)
+        if self.path is not None:
+            return Path(self.path).expanduser()
+        return None
+
+    def _cache_paths(self, source: Path) -> tuple[Path, Path]:
+        stem = source.with_name(f"{source.name}.{self.tokenizer_kind}")
+        return stem.with_name(stem.name + ".bin"), stem.with_name(stem.name + ".json")
+
+    def _cached(self, source: Path) -> dict[str, Any] | None:
+        """The cache's metadata if it matches the source file as it is now."""
+        bin_path, meta_path = self._cache_paths(source)
+        if not (bin_path.is_file() and meta_path.is_file()):
+            return None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        stat = source.stat()
+        fresh = (meta.get("source_bytes"), meta.get("source_mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
+        return meta if fresh and bin_path.stat().st_size == 2 * meta["tokens"] else None
+
+    def prepare_data(self) -> None:
+        """Download (url) and tokenize into the cache once. Lightning calls this on one process per node."""
+        source = self.source
+        if source is None:
+            return
+        if self.url is not None and not source.is_file():
+            download(self.url, source)
+        if not source.is_file():
+            what = "is a folder, not a text file" if source.is_dir() else "does not exist"
+            raise DataError(f"data.path: '{source}' {what}")
+        if source.stat().st_size == 0:
+            raise DataError(f"'{source}' is empty: give a file with some text")
+        if self._cached(source) is None:
+            bin_path, meta_path = self._cache_paths(source)
+            rank_zero_info(f"Tokenizing {source} ({self.tokenizer_kind}) into {bin_path}")
+            tokenizer, count = tokenize_file(source, self.tokenizer_kind, bin_path)
+            stat = source.stat()
+            meta = {
+                "tokens": count,
+                "tokenizer": tokenizer.state(),
+                "source_bytes": stat.st_size,
+                "source_mtime_ns": stat.st_mtime_ns,
+            }
+            meta_path.write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def _load(self) -> tuple[Tokenizer, np.ndarray]:
+        source = self.source
+        if source is None:
+            text = embedded_corpus()
+            tokenizer: Tokenizer = (
+                CharTokenizer.from_code_points(tokenizers.code_points(text))
+                if self.tokenizer_kind == "char"
+                else ByteTokenizer()
+            )
+            return tokenizer, tokenizer.encode(text)
+        meta = self._cached(source) if source.is_file() else None
+        if meta is None:  # used without a Trainer (which calls prepare_data first)
+            self.prepare_data()
+            meta = self._cached(source)
+        assert meta is not None
+        return tokenizers.from_state(meta["tokenizer"]), np.memmap(self._cache_paths(source)[0], np.uint16, "r")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokens is None:
+            self.tokenizer, self.tokens = self._load()
+            n = len(self.tokens)
+            n_train = n - int(n * self.val_fraction)
+            for split, size in (("train", n_train), ("val", n - n_train)):
+                if size < self.block_size + 1:
+                    raise DataError(
+                        f"data.block_size={self.block_size} is larger than the data: the {split} split of "
+                        f"{self.source or EMBEDDED} has {size} tokens, and a window needs block_size + 1. "
+                        "Lower data.block_size, change data.val_fraction, or use more text."
+                    )
+            self.splits = {
+                "train": TokenWindows(self.tokens, 0, n_train, self.block_size),
+                "val": TokenWindows(self.tokens, n_train, n, self.block_size),
+            }
+        if self.trainer is not None and self.trainer.is_global_zero:  # the vocabulary goes with the run
+            run_dir = Path(self.trainer.default_root_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tokenizers.save(self.tokenizer, run_dir / "tokenizer.json")
+
+    def _loader(self, sampler: DistributedSampler) -> DataLoader:
+        return DataLoader(
+            sampler.dataset,
+            batch_size=None,  # the sampler yields whole batches
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.splits["train"]
+        world, _ = _ddp_world()
+        num_batches = max(1, (train.stop - train.start) // (self.block_size * self.batch_size * world))
+        return self._loader(RandomWindows(train, self.batch_size, num_batches, self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(EvalWindows(self.splits["val"], self.batch_size, self.seed))

@@ -1,0 +1,192 @@
+"""An autoregressive language model trained on next-token cross-entropy.
+
+    loss = -1/(B T) sum_t log p(x_{t+1} | x_{<=t})      (nats per token)
+
+reported also as bits per token (`val/bpc`: per character or byte, loss / ln 2) and perplexity
+(`val/ppl` = exp(loss)). AdamW decays only matrices (embeddings and Linear weights, not biases or
+LayerNorm gains); the learning rate warms up linearly, then follows a cosine down to
+`min_lr_ratio` of its peak (the GPT-2/3 and nanoGPT recipe).
+
+The vocabulary belongs to the data, so the net is given as a partial (every argument but
+`vocab_size`) and built in `configure_model()` from the data module's tokenizer. The tokenizer is
+stored in every checkpoint, so `genlab.load_model` rebuilds the net and can decode text.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from genlab.data import tokenizers
+from genlab.data.tokenizers import Tokenizer
+from genlab.errors import ConfigError, DataError
+from genlab.nets.gpt import GPT
+
+TOKENIZER_KEY = "tokenizer"  # where a checkpoint keeps the tokenizer's state
+
+
+def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
+    """The learning rate's factor at `step`: linear warm-up to 1 over `warmup_steps`, cosine from 1 to
+    `min_ratio` until `decay_steps`, then `min_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_ratio
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GPTModule(L.LightningModule):
+    def __init__(
+        self,
+        net: Callable[..., GPT],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        warmup_steps: int = 100,
+        lr_decay_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
+        sample_prompt: str = "\n",
+        sample_length: int = 256,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        compile: bool = False,
+    ) -> None:
+        """`net`: a partial GPT missing `vocab_size`. `optimizer`: a partial taking parameter groups
+        (its weight_decay applies to matrices only). `lr_decay_steps` null: the run's length.
+        `sample_*`, `temperature`, `top_k`, `top_p`: what `sample(n)` draws for the sample logger.
+        `compile`: torch.compile the net once it is built (the entrypoint's `compile` runs earlier,
+        before the net exists)."""
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net_factory, self.optimizer_factory = net, optimizer
+        self.net: GPT | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.val_loss = MeanMetric()  # mean over tokens (and ranks) of the whole validation run
+        self._tokens_seen, self._last_mark = 0, (0, 0.0)
+
+    def build(self, tokenizer: Tokenizer) -> None:
+        """Make the net for `tokenizer`'s vocabulary (once)."""
+        if self.net is not None:
+            if self.tokenizer != tokenizer:
+                raise DataError(
+                    "the data's vocabulary differs from the one this model was trained with: resume on the "
+                    "same text and data.tokenizer, or start a new run"
+                )
+            return
+        self.tokenizer = tokenizer
+        self.net = self.net_factory(vocab_size=tokenizer.vocab_size)
+
+    def configure_model(self) -> None:
+        if self._trainer is None:  # LightningModule.load_from_checkpoint: on_load_checkpoint builds
+            return
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "tokenizer", None) is None:
+            raise ConfigError("GPTModule needs a text data module with a tokenizer (e.g. data=text)")
+        first = self.net is None
+        self.build(datamodule.tokenizer)
+        if first and self.hparams.compile:
+            self.net.compile()  # in place: state_dict keys stay free of `_orig_mod.`
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TOKENIZER_KEY] = self.tokenizer.state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if TOKENIZER_KEY not in checkpoint:
+            raise DataError("this checkpoint holds no tokenizer: it was not written by GPTModule")
+        self.build(tokenizers.from_state(checkpoint[TOKENIZER_KEY]))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = list(self.net.parameters())  # the tied embedding appears once
+        optimizer = self.optimizer_factory(
+            [
+                {"params": [p for p in params if p.dim() >= 2]},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
+        )
+        decay_steps = self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches
+        if not math.isfinite(decay_steps):
+            raise ConfigError("model.lr_decay_steps is needed when the run has no length (trainer.max_steps)")
+        schedule = partial(
+            warmup_cosine,
+            warmup_steps=self.hparams.warmup_steps,
+            decay_steps=int(decay_steps),
+            min_ratio=self.hparams.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch  # (B, T) each
+        logits = self.net(x)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())  # in fp32 under bf16 autocast
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        # A tensor: Lightning reads it back only when it logs or redraws the bar, not every step.
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        # Throughput from the host clock every log_every_n_steps: the loss logged at those steps syncs
+        # the device anyway, so no extra sync is needed (ThroughputMonitor synchronizes every step).
+        self._tokens_seen += batch[0].numel()
+        step, (last_step, last_time) = self.global_step, self._last_mark
+        if step % self.trainer.log_every_n_steps or step == last_step:
+            return
+        now = time.perf_counter()
+        if last_step > 0:
+            rate = self._tokens_seen * self.trainer.world_size / (now - last_time)
+            self.log("train/tokens_per_sec", rate, batch_size=1)
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=1)
+        self._tokens_seen, self._last_mark = 0, (step, now)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.val_loss.update(self.loss(batch), weight=batch[1].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # averaged over every rank's tokens
+        self.val_loss.reset()
+        metrics = {"val/loss": loss, "val/bpc": loss / math.log(2), "val/ppl": loss.exp()}
+        self.log_dict(metrics, prog_bar=False)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Token ids `(1, len)` on the model's device; a DataError for characters outside a char vocabulary."""
+        return torch.from_numpy(self.tokenizer.encode(text).astype("int64")).to(self.device).unsqueeze(0)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 256,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> str:
+        """`prompt` and its sampled continuation (temperature 0: greedy). Seed torch for repeatable text."""
+        if not prompt:
+            raise DataError("generate: the prompt is empty; give at least one character (e.g. '\\n')")
+        out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
+        return self.tokenizer.decode(out[0].tolist())
+
+    @torch.no_grad()
+    def sample(self, n: int) -> list[str]:
+        """`n` continuations of `sample_prompt`, `sample_length` tokens each (the prompt left out)."""
+        try:
+            start = self.encode(self.hparams.sample_prompt)
+        except DataError:  # e.g. "\n" in a one-line corpus: start from the first token instead of failing
+            start = self.encode("")
+        if start.shape[1] == 0:
+            start = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        start = start.expand(n, -1)
+        out = self.net.generate(
+            start, self.hparams.sample_length, self.hparams.temperature, self.hparams.top_k, self.hparams.top_p
+        )
+        return [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]

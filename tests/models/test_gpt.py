@@ -1,0 +1,118 @@
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+import genlab
+from genlab.config import compose
+from genlab.data.text import TextDataModule
+from genlab.data.tokenizers import CharTokenizer
+from genlab.errors import DataError
+from genlab.instantiate import instantiate
+from genlab.models.gpt import warmup_cosine
+from genlab.train import train
+
+WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "saw", "one", "big", "red", "dog", "run", "to", "his", "old")
+
+
+def write_corpus(path, seed: int = 0) -> None:
+    """~30k characters of short sentences: learnable in a few hundred tiny steps, English-like."""
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(1500)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def tiny_run_argv(tmp_path, corpus, *extra: str) -> list[str]:
+    return [
+        "model=gpt",
+        f"log_dir={tmp_path}",
+        "run_name=tiny",
+        f"data.path={corpus}",
+        "data.block_size=32",
+        "data.batch_size=32",
+        "model.net.n_layer=2",
+        "model.net.n_head=2",
+        "model.net.n_embd=64",
+        "model.warmup_steps=10",
+        "model.optimizer.lr=3e-3",
+        "model.sample_length=48",
+        "trainer.max_steps=120",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "callbacks.progress.refresh_rate=0",
+        "trainer.enable_model_summary=false",
+        "callbacks.samples.num_samples=4",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("gpt")
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus)
+    metrics = train(compose(tiny_run_argv(tmp_path, corpus)))
+    return tmp_path, corpus, metrics
+
+
+def test_a_short_run_learns(trained):
+    tmp_path, corpus, metrics = trained
+    vocab = len(set(corpus.read_text()))
+    assert metrics["val/loss"] < 0.4 * math.log(vocab)  # uniform guessing is ln(vocab) ~ 3.2 nats
+    assert metrics["val/bpc"] == pytest.approx(metrics["val/loss"] / math.log(2))
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-4)
+    run = tmp_path / "gpt" / "tiny"
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert {"train/loss", "train/tokens_per_sec", "train/lr", "val/bpc", "val/ppl"} <= set(header.split(","))
+    samples = (run / "samples" / "samples_final.txt").read_text()
+    assert sum(word in samples for word in ("the", "cat", "dog", "sat")) >= 3
+    assert (run / "tokenizer.json").is_file()
+
+
+def test_checkpoint_reloads_with_its_vocabulary(trained):
+    tmp_path, corpus, _ = trained
+    model = genlab.load_model(tmp_path / "gpt" / "tiny" / "checkpoints" / "last.ckpt")
+    assert model.tokenizer == CharTokenizer("".join(sorted(set(corpus.read_text()))))
+    torch.manual_seed(0)
+    first = model.generate("the cat", max_new_tokens=40)
+    torch.manual_seed(0)
+    assert model.generate("the cat", max_new_tokens=40) == first  # fixed seed: the same text
+    assert first.startswith("the cat") and len(first) == 47
+    assert model.generate("the ", max_new_tokens=20, temperature=0).startswith("the ")
+    with pytest.raises(DataError, match="not in the vocabulary"):
+        model.generate("THE CAT €")
+    assert len(model.sample(3)) == 3
+
+
+def test_resuming_on_text_with_another_vocabulary_is_an_error(trained, tmp_path):
+    run_dir, _, _ = trained
+    other = tmp_path / "other.txt"
+    other.write_text("Quite another text, with CAPITALS and digits 0123456789.\n" * 200, encoding="utf-8")
+    cfg = compose(tiny_run_argv(tmp_path, other, f"ckpt_path={run_dir / 'gpt' / 'tiny' / 'checkpoints' / 'last.ckpt'}"))
+    with pytest.raises(DataError, match="vocabulary differs"):
+        train(cfg)
+
+
+def test_learning_rate_schedule():
+    factors = [warmup_cosine(s, warmup_steps=10, decay_steps=100, min_ratio=0.1) for s in range(120)]
+    assert factors[0] < 0.1 and factors[9] == pytest.approx(10 / 11)
+    assert max(factors) == pytest.approx(1.0) and factors.index(max(factors)) == 10
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))  # cosine decay
+    assert factors[100:] == [0.1] * 20
+
+
+def test_weight_decay_only_on_matrices_and_built_from_the_data():
+    cfg = compose(["model=gpt", "model.lr_decay_steps=100"])
+    model = instantiate(cfg.model)
+    assert model.net is None  # no vocabulary yet
+    dm = TextDataModule(block_size=16)
+    dm.setup()
+    model.build(dm.tokenizer)
+    assert model.net.vocab_size == dm.vocab_size and model.net.block_size == 128
+    optimizer = model.configure_optimizers()["optimizer"]
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.net.parameters()))
