@@ -16,7 +16,6 @@ help:  ## list the targets
 # The stamp is rebuilt when pyproject.toml changes, so a later call reuses the environment at once.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
