@@ -1,6 +1,7 @@
 import itertools
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ def tiny_run_argv(tmp_path, corpus, *extra: str) -> list[str]:
         "run_name=tiny",
         f"data.path={corpus}",
         "data.block_size=32",
-        "data.batch_size=32",
+        "data.batch_size=16",
         "model.net.n_layer=2",
         "model.net.n_head=2",
         "model.net.n_embd=64",
@@ -39,6 +40,7 @@ def tiny_run_argv(tmp_path, corpus, *extra: str) -> list[str]:
         "model.optimizer.lr=3e-3",
         "model.sample_length=48",
         "trainer.max_steps=120",
+        "trainer.limit_train_batches=40",
         "trainer.accelerator=cpu",
         "trainer.devices=1",
         "callbacks.progress.refresh_rate=0",
@@ -60,14 +62,14 @@ def trained(tmp_path_factory):
 def test_a_short_run_learns(trained):
     tmp_path, corpus, metrics = trained
     vocab = len(set(corpus.read_text()))
-    assert metrics["val/loss"] < 0.4 * math.log(vocab)  # uniform guessing is ln(vocab) ~ 3.2 nats
+    assert metrics["val/loss"] < 0.45 * math.log(vocab)  # uniform guessing: ln(vocab), ~3 nats
     assert metrics["val/bpc"] == pytest.approx(metrics["val/loss"] / math.log(2))
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-4)
     run = tmp_path / "gpt" / "tiny"
     header = (run / "metrics.csv").read_text().splitlines()[0]
     assert {"train/loss", "train/tokens_per_sec", "train/lr", "val/bpc", "val/ppl"} <= set(header.split(","))
     samples = (run / "samples" / "samples_final.txt").read_text()
-    assert sum(word in samples for word in ("the", "cat", "dog", "sat")) >= 3
+    assert len(set(re.findall(r"[a-z]+", samples)) & set(WORDS)) >= 6  # the corpus's words, spelled right
     assert (run / "tokenizer.json").is_file()
 
 
@@ -110,7 +112,7 @@ def test_weight_decay_only_on_matrices_and_built_from_the_data():
     dm = TextDataModule(block_size=16)
     dm.setup()
     model.build(dm.tokenizer)
-    assert model.net.vocab_size == dm.vocab_size and model.net.block_size == 128
+    assert model.net.vocab_size == dm.vocab_size and model.net.block_size == cfg.data.block_size
     optimizer = model.configure_optimizers()["optimizer"]
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0

@@ -192,7 +192,8 @@ class TextDataModule(L.LightningDataModule):
     """A text corpus as token windows for next-token prediction; `vocab_size` is known after `setup()`.
 
     `batch_size` is per device. One training epoch draws as many windows as the training split
-    holds `block_size` pieces, so an epoch is about one pass over the training text.
+    holds `block_size` pieces (about one pass over the text); `trainer.limit_train_batches` sets a
+    shorter epoch, i.e. how often validation, checkpoints and samples come.
     """
 
     def __init__(
