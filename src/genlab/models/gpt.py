@@ -130,8 +130,10 @@ class GPTModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        # A tensor: Lightning reads it back only when it logs or redraws the bar, not every step.
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
+        # Only on the steps Lightning writes (each self.log costs ~0.5 ms of bookkeeping on a CPU);
+        # a tensor, so the device is synced only there and when the progress bar redraws.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
