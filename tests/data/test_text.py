@@ -54,6 +54,11 @@ def test_windows_samplers():
     assert first == list(sampler)  # the same epoch replays the same batches (exact resume)
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+    def keyed(step: int) -> list[list[int]]:  # under a Trainer: keyed by the step the epoch starts at
+        return list(RandomWindows(dm.splits["train"], batch_size=4, num_batches=5, seed=3, first_step=lambda: step))
+
+    assert keyed(40) == keyed(40) != keyed(60)
     val = dm.splits["val"]
     starts = sorted(s for batch in EvalWindows(val, batch_size=4, seed=3) for s in batch)
     assert starts == list(range(0, len(val), 16))  # non-overlapping windows covering the split

@@ -97,6 +97,22 @@ def test_resuming_on_text_with_another_vocabulary_is_an_error(trained, tmp_path)
         train(cfg)
 
 
+def test_a_resumed_run_ends_where_an_unbroken_run_ends(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus)
+    argv = [
+        *tiny_run_argv(tmp_path, corpus),
+        "model.net.n_layer=1",
+        "model.lr_decay_steps=60",
+        "trainer.limit_train_batches=20",
+        "callbacks.samples.num_samples=1",
+    ]
+    unbroken = train(compose([*argv, "run_name=unbroken", "trainer.max_steps=60"]))
+    train(compose([*argv, "run_name=resumed", "trainer.max_steps=40"]))
+    resumed = train(compose([*argv, "run_name=resumed", "ckpt_path=last", "trainer.max_steps=60"]))
+    assert resumed["val/loss"] == pytest.approx(unbroken["val/loss"], rel=1e-5)  # the same batches, not a replay
+
+
 def test_learning_rate_schedule():
     factors = [warmup_cosine(s, warmup_steps=10, decay_steps=100, min_ratio=0.1) for s in range(120)]
     assert factors[0] < 0.1 and factors[9] == pytest.approx(10 / 11)

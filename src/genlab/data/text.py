@@ -22,7 +22,7 @@ import json
 import shutil
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,19 +147,31 @@ def _ddp_world() -> tuple[int, int]:
 
 
 class RandomWindows(DistributedSampler):
-    """`num_batches` batches of random window starts for this rank.
+    """`num_batches` batches of random window starts for this rank (a DistributedSampler, so
+    Lightning leaves it in place under DDP).
 
-    A DistributedSampler so that Lightning leaves it in place under DDP; drawn from `seed + epoch`
-    (Lightning calls `set_epoch`), so a resumed run sees the batches an unbroken run would.
+    The draws depend on `seed` and the training step the epoch starts at (`first_step()`, the
+    trainer's global step), so a resumed run sees the batches an unbroken run would. Not the epoch
+    number: in a step-based run Lightning resumes from a checkpoint written at an epoch's end with
+    `set_epoch` of the epoch just finished, which would replay its batches. Without `first_step`
+    (a plain loop), the epoch given to `set_epoch` is used.
     """
 
-    def __init__(self, dataset: TokenWindows, batch_size: int, num_batches: int, seed: int) -> None:
+    def __init__(
+        self,
+        dataset: TokenWindows,
+        batch_size: int,
+        num_batches: int,
+        seed: int,
+        first_step: Callable[[], int] | None = None,
+    ) -> None:
         world, rank = _ddp_world()
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.batch_size, self.num_batches = batch_size, num_batches
+        self.batch_size, self.num_batches, self.first_step = batch_size, num_batches, first_step
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        key = self.first_step() if self.first_step is not None else self.epoch
+        generator = torch.Generator().manual_seed(hash((self.seed, key)) % 2**63)  # int hashes are not salted
         shape = (self.num_batches, self.num_replicas, self.batch_size)  # every rank draws all, keeps its own
         starts = torch.randint(len(self.dataset), shape, generator=generator)[:, self.rank]
         yield from starts.tolist()
@@ -332,7 +344,9 @@ class TextDataModule(L.LightningDataModule):
         train = self.splits["train"]
         world, _ = _ddp_world()
         num_batches = max(1, (train.stop - train.start) // (self.block_size * self.batch_size * world))
-        return self._loader(RandomWindows(train, self.batch_size, num_batches, self.seed))
+        trainer = self.trainer
+        first_step = (lambda: trainer.global_step) if trainer is not None else None
+        return self._loader(RandomWindows(train, self.batch_size, num_batches, self.seed, first_step))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(EvalWindows(self.splits["val"], self.batch_size, self.seed))
