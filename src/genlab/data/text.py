@@ -172,9 +172,9 @@ class RandomWindows(DistributedSampler):
     def __iter__(self) -> Iterator[list[int]]:
         key = self.first_step() if self.first_step is not None else self.epoch
         generator = torch.Generator().manual_seed(hash((self.seed, key)) % 2**63)  # int hashes are not salted
-        shape = (self.num_batches, self.num_replicas, self.batch_size)  # every rank draws all, keeps its own
-        starts = torch.randint(len(self.dataset), shape, generator=generator)[:, self.rank]
-        yield from starts.tolist()
+        for _ in range(self.num_batches):  # batch by batch: an epoch of a large corpus has many
+            starts = torch.randint(len(self.dataset), (self.num_replicas, self.batch_size), generator=generator)
+            yield starts[self.rank].tolist()  # every rank draws all ranks' starts and keeps its own
 
     def __len__(self) -> int:
         return self.num_batches

@@ -182,7 +182,7 @@ class GPTModule(L.LightningModule):
         try:
             start = self.encode(self.hparams.sample_prompt)
         except DataError:  # e.g. "\n" in a one-line corpus: start from the first token instead of failing
-            start = self.encode("")
+            start = torch.zeros(1, 0, dtype=torch.long, device=self.device)
         if start.shape[1] == 0:
             start = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         start = start.expand(n, -1)
