@@ -78,6 +78,16 @@ def wandb_run_id(run_dir: str | Path) -> str:
     return run_id
 
 
+def wandb_mode(offline: bool | None) -> str | None:
+    """wandb.init's `mode`: forced by `offline` true/false; for null, None (wandb follows `WANDB_MODE`:
+    offline, disabled...) when that is set, else offline when no credentials are found."""
+    if offline is not None:
+        return "offline" if offline else "online"
+    if os.environ.get("WANDB_MODE") or has_wandb_key():
+        return None
+    return "offline"
+
+
 class FinishingWandbLogger(WandbLogger):
     """Lightning's WandbLogger, but the W&B run is finished when training ends (marked failed if it
     failed). Lightning leaves it open until the process exits, so a second run in the same process
@@ -108,10 +118,9 @@ def wandb_logger(
     `WANDB_MODE=dryrun` into this process's environment for good and refuses `log_model`; offline
     runs record their checkpoint artifacts, and `wandb sync` uploads them with the rest.
     """
-    if offline is None and not os.environ.get("WANDB_MODE") and not has_wandb_key():
-        offline = True
+    mode = wandb_mode(offline)
+    if offline is None and mode == "offline":
         rank_zero_info(f"W&B: no credentials (wandb login), logging offline under {save_dir}/wandb")
-    mode = None if offline is None else ("offline" if offline else "online")  # None: wandb reads WANDB_MODE
     run_dir = Path(save_dir)
     run_id = wandb_run_id(save_dir)
     return FinishingWandbLogger(
