@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
-from wandb_offline import isolate_wandb, offline_runs, read_offline_run, reset_wandb
+from wandb_offline import isolate_wandb, offline_runs, reset_wandb
 
 from genlab.callbacks import SampleLogger
 from genlab.loggers import WANDB_ID_FILE, wandb_logger, wandb_mode, wandb_run_id
@@ -115,5 +115,5 @@ def test_offline_run_joins_the_agents_run(tmp_path: Path, monkeypatch: pytest.Mo
     logger = wandb_logger(save_dir=str(tmp_path), project="genlab")
     logger.log_metrics({"val/loss": 1.0}, step=0)
     logger.finalize("success")
-    run = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")))
+    (run,) = offline_runs(tmp_path)
     assert (run.run.run_id, run.run.sweep_id) == ("agentrun", "sweep123")

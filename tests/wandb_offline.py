@@ -60,7 +60,9 @@ class OfflineRun:
 
 
 def offline_runs(run_dir: Path) -> list[OfflineRun]:
-    """Every offline W&B run under a genlab run folder, oldest first."""
+    """Every offline W&B run under a genlab run folder, oldest first. Shuts wandb down first:
+    wandb-core writes the log in the background, and `finish()` can return before it is on disk."""
+    reset_wandb()
     return [read_offline_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
 
 
