@@ -18,7 +18,6 @@ help:  ## list the targets
 # The stamp is rebuilt when pyproject.toml changes, so a later call reuses the environment at once.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
@@ -53,8 +52,8 @@ format: install  ## rewrite the code in house style with ruff
 	$(PY) -m ruff check --fix src tests bench
 	$(PY) -m ruff format src tests bench
 
-bench: install  ## step time of genlab vs a plain PyTorch loop (prints the ratio)
-	$(PY) bench/vae_step_time.py $(ARGS)
+bench: install  ## genlab vs a plain PyTorch loop, side by side: make bench MODEL=vae (prints the ratio)
+	$(PY) bench/$(MODEL)_step_time.py $(ARGS)
 
 clean:  ## remove caches and build files (keeps .venv, logs/ and data/)
 	rm -rf build src/*.egg-info .ruff_cache .pytest_cache

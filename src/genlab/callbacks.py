@@ -8,6 +8,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states
+from lightning.fabric.utilities.seed import _set_rng_states as set_lightning_rng_states
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
@@ -85,11 +87,31 @@ class SampleLogger(L.Callback):
 
 
 class RunInfoInCheckpoint(L.Callback):
-    """Stores the resolved config and the W&B run id in every checkpoint, so a checkpoint alone
-    rebuilds its model (`genlab.train.load_model`) and a resumed run continues the same W&B run."""
+    """Stores the resolved config, the W&B run id and the RNG states in every checkpoint: a
+    checkpoint alone rebuilds its model (`genlab.load_model`), a resumed run continues the same W&B
+    run, and its random draws (VAE noise, dropout) continue where they stopped, so resuming matches
+    an unbroken run. (Under DDP the states are rank zero's; every rank gets them back.)"""
 
     def __init__(self, config: dict[str, Any], wandb_id: str) -> None:
         self.config, self.wandb_id = config, wandb_id
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint["genlab"] = {"config": self.config, "wandb_id": self.wandb_id}
+        checkpoint["genlab"] = {"config": self.config, "wandb_id": self.wandb_id, "rng": _rng_states()}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores before its sanity check, which it runs with the RNG isolated.
+        if "rng" in checkpoint.get("genlab", {}):
+            _set_rng_states(checkpoint["genlab"]["rng"])
+
+
+def _rng_states() -> dict[str, Any]:
+    """Lightning's RNG snapshot with NumPy's array as a tensor: checkpoints load with weights_only."""
+    states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+    name, keys, *rest = states["numpy"]
+    states["numpy"] = (name, torch.from_numpy(keys.astype("int64")), *rest)
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    name, keys, *rest = states["numpy"]
+    set_lightning_rng_states({**states, "numpy": (name, keys.numpy().astype("uint32"), *rest)})

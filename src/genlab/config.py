@@ -38,7 +38,7 @@ def _product(*factors: int) -> int:
 
 
 # `${mul:2,${model.latent_dim}}`: sizes that are products of other sizes.
-OmegaConf.register_resolver("mul", _product, replace=True)
+OmegaConf.register_resolver("mul", _product, replace=True, annotation_validation="off")
 
 
 def config_dir() -> Path:
@@ -167,7 +167,7 @@ def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConf
     conf = OmegaConf.create(cfg)
     # run_dir is decided at start-up (genlab.run); a stand-in lets everything else resolve now.
     try:
-        resolved = OmegaConf.to_container(_with_run_dir_stand_in(conf), resolve=True)
+        resolved = OmegaConf.to_container(_with_run_dir_stand_in(conf), resolve=True, throw_on_missing=True)
     except (InterpolationKeyError, InterpolationResolutionError) as err:
         raise ConfigError(_mismatch_message(err, choices)) from None
     except MissingMandatoryValue as err:

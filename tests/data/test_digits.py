@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import torch
+
+from genlab.data import DigitsDataModule
+
+
+def _setup(**kwargs) -> DigitsDataModule:
+    dm = DigitsDataModule(batch_size=32, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_are_images_in_model_range_with_labels() -> None:
+    dm = _setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 8, 8) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.min() == -1 and x.max() == 1
+    assert y.shape == (32,) and y.dtype == torch.int64 and y.min() >= 0 and y.max() <= 9
+
+
+def test_split_is_fixed_by_seed_and_covers_the_data() -> None:
+    a, b, c = _setup(seed=0), _setup(seed=0), _setup(seed=1)
+    sizes = [len(a.splits[s]) for s in ("train", "val", "test")]
+    assert sum(sizes) == 1797 and sizes[1] == sizes[2] == 180
+    assert a.splits["val"].indices == b.splits["val"].indices
+    assert a.splits["val"].indices != c.splits["val"].indices
+
+
+def test_shuffle_depends_on_epoch_only() -> None:
+    """The order a resumed run sees is the order the unbroken run saw."""
+    dm = _setup()
+    first, again = dm.train_dataloader(), dm.train_dataloader()
+    for loader, epoch in ((first, 3), (again, 3)):
+        loader.sampler.set_epoch(epoch)
+    assert torch.equal(next(iter(first))[1], next(iter(again))[1])
+    again.sampler.set_epoch(4)
+    assert not torch.equal(next(iter(first))[0], next(iter(again))[0])
+    assert len(first) == 1437 // 32  # drop_last on train: every step sees a full batch
+
+
+def test_resize_and_rgb() -> None:
+    x, _ = next(iter(_setup(image_size=16, channels=3).val_dataloader()))
+    assert x.shape == (32, 3, 16, 16)
+    assert torch.equal(x[:, 0], x[:, 2])

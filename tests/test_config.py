@@ -1,0 +1,151 @@
+"""Config composition, command-line overrides and the errors bad input gets."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlab.config import choices_of, compose, config_dir, parse_argv, parse_value
+from genlab.errors import ConfigError
+from genlab.instantiate import instantiate
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("None", None),
+        ("null", None),
+        ("True", True),
+        ("false", False),
+        ("5", 5),
+        ("0.5", 0.5),
+        ("1e-3", 1e-3),
+        ("[32, 64]", [32, 64]),
+        ("bf16-mixed", "bf16-mixed"),
+        ("logs/my run", "logs/my run"),
+    ],
+)
+def test_values_parse_as_yaml_and_python_spellings(text: str, value: object) -> None:
+    assert parse_value(text) == value
+    assert type(parse_value(text)) is type(value)
+
+
+def test_both_argument_forms_and_separate_values() -> None:
+    assert parse_argv(["--a.b=1", "c=x", "--d", "None"]) == [("a.b", 1), ("c", "x"), ("d", None)]
+
+
+def test_wandb_agent_form_equals_make_form() -> None:
+    make_form = compose(["model=vae", "trainer.max_epochs=5", "model.latent_dim=8"])
+    agent_form = compose(["--model=vae", "--trainer.max_epochs=5", "--model.latent_dim=8"])
+    assert make_form == agent_form
+    assert make_form.trainer.max_epochs == 5
+    assert make_form.model.decoder.in_features == 8  # interpolation follows the override
+    assert make_form.model.encoder.out_features == 16
+
+
+def test_model_names_its_default_data_and_family_trainer_length() -> None:
+    cfg = compose(["model=vae"])
+    assert cfg.groups.data == "digits"
+    assert cfg.data._target_.endswith("DigitsDataModule")
+    assert cfg.trainer.max_epochs == 60
+
+
+def test_group_selection() -> None:
+    cfg = compose(["model=vae", "data=mnist", "trainer=ddp", "logger=csv,wandb"])
+    assert cfg.data._target_.endswith("MNISTDataModule")
+    assert cfg.model.encoder.image_size == 28  # sizes follow the data
+    assert cfg.trainer.strategy == "ddp"
+    assert set(cfg.logger) == {"csv", "wandb"}
+
+
+def test_presets_beat_family_defaults_and_the_command_line_beats_all() -> None:
+    assert compose(["trainer=debug"]).trainer.max_epochs == 2
+    assert compose(["trainer=debug", "trainer.max_epochs=7"]).trainer.max_epochs == 7
+
+
+def test_experiment_selects_groups_and_overrides_values() -> None:
+    cfg = compose(["experiment=vae_mnist"])
+    assert cfg.groups.data == "mnist"
+    assert cfg.model.latent_dim == 32
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["trainer.max_epoch=5"], "max_epochs"),
+        (["model.latent_dims=8"], "latent_dim"),
+        (["sed=1"], "seed"),
+        (["model.encoder.hiden_channels=[8]"], "hidden_channels"),
+        (["data.batch_sise=3"], "batch_size"),  # forwarded through **kwargs to the base class
+    ],
+)
+def test_unknown_key_names_the_key_and_the_nearest_choice(argv: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError, match="unknown key") as err:
+        compose(argv)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["model.latent_dim=abc"], "model.latent_dim"),
+        (["trainer.precision=bf17"], "trainer.precision"),
+        (["compile=maybe"], "compile"),
+        (["seed=abc"], "seed"),
+        (["model.likelihood=poisson"], "bernoulli"),
+    ],
+)
+def test_wrong_type_names_the_key(argv: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError, match="wrong type|must be") as err:
+        compose(argv)
+    assert expected in str(err.value)
+
+
+def test_missing_group_file_lists_the_choices() -> None:
+    with pytest.raises(ConfigError, match="no config 'nope' for model") as err:
+        compose(["model=nope"])
+    assert "vae" in str(err.value)
+    with pytest.raises(ConfigError, match="Did you mean: mnist"):
+        compose(["data=mnsit"])
+
+
+def test_required_value_is_named() -> None:
+    with pytest.raises(ConfigError, match="data.path' is required"):
+        compose(["data=image_folder"])
+
+
+def test_model_data_mismatch(tmp_path: Path) -> None:
+    """Data without image sizes (as text data has) given to an image model."""
+    root = tmp_path / "configs"
+    shutil.copytree(config_dir(), root)
+    (root / "data" / "no_images.yaml").write_text("_target_: genlab.data.DigitsDataModule\nseed: 0\n")
+    with pytest.raises(ConfigError, match="model 'vae' does not fit data 'no_images'") as err:
+        compose(["data=no_images"], root=root)
+    assert "data.channels" in str(err.value)
+
+
+def _argv_for(group: str, choice: str, tmp_path: Path) -> list[str]:
+    argv = [f"{group}={choice}"]
+    if group == "data" and choice == "image_folder":
+        argv.append(f"data.path={tmp_path}")
+    return argv
+
+
+ALL_CHOICES = [(g, c) for g in ("model", "data", "trainer", "logger", "callbacks", "experiment") for c in choices_of(g)]
+
+
+@pytest.mark.parametrize(("group", "choice"), ALL_CHOICES, ids=[f"{g}={c}" for g, c in ALL_CHOICES])
+def test_every_shipped_config_composes_and_builds(group: str, choice: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose([f"log_dir={tmp_path}", "run_dir=" + str(tmp_path / "run"), *_argv_for(group, choice, tmp_path)])
+    model = instantiate(cfg.model)
+    assert isinstance(model, torch.nn.Module)
+    instantiate(cfg.data)
+    for node in (*cfg.callbacks.values(), *cfg.logger.values()):
+        instantiate(node)
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        pytest.skip("preset needs a GPU; composed and validated, Trainer not built")
+    instantiate(cfg.trainer)

@@ -1,0 +1,121 @@
+"""End-to-end runs through the entrypoint: artifacts, resume, DDP, mixed precision, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import column, read_metrics
+
+from genlab import load_model
+from genlab.instantiate import instantiate
+from genlab.train import main, train
+
+SMALL_VAE = ("model.encoder.hidden_channels=[16,32]",)
+
+
+def _only_run(log_dir: Path) -> Path:
+    runs = sorted((log_dir / "vae").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_vae_run_learns_and_leaves_a_complete_run_folder(make_config, log_dir: Path) -> None:
+    cfg = make_config("trainer.max_epochs=8", "callbacks.samples.every_n_epochs=4")
+    datamodule, untrained = instantiate(cfg.data), instantiate(cfg.model)
+    datamodule.setup("fit")
+    x = next(iter(datamodule.val_dataloader()))[0]
+    with torch.no_grad():
+        initial = sum(untrained.loss_terms(x)).mean().item()
+
+    train(cfg)
+
+    run = _only_run(log_dir)
+    val_loss = column(read_metrics(run), "val/loss")
+    assert len(val_loss) == 8
+    assert val_loss[-1] < 0.7 * initial and val_loss[-1] < val_loss[0]
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+    for name in ("samples_epoch=003", "samples_epoch=007", "samples_final", "reconstructions_final"):
+        assert (run / "samples" / f"{name}.png").is_file()
+    model = load_model(run / "checkpoints" / "last.ckpt")  # the checkpoint alone rebuilds the model
+    samples = model.sample(16)
+    assert samples.shape == (16, 1, 8, 8) and samples.min() >= -1 and samples.max() <= 1
+
+
+def test_resumed_run_ends_where_an_unbroken_run_ends(make_config, log_dir: Path) -> None:
+    train(make_config(*SMALL_VAE, "run_name=unbroken", "trainer.max_epochs=4"))
+    train(make_config(*SMALL_VAE, "run_name=stopped", "trainer.max_epochs=2"))
+    train(make_config(*SMALL_VAE, "run_name=stopped", "trainer.max_epochs=4", "ckpt_path=last"))
+
+    unbroken = torch.load(log_dir / "vae/unbroken/checkpoints/last.ckpt", weights_only=False)
+    resumed = torch.load(log_dir / "vae/stopped/checkpoints/last.ckpt", weights_only=False)
+    assert resumed["global_step"] == unbroken["global_step"] == 4 * (1437 // 128)
+    for key, value in unbroken["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    steps = [int(row["step"]) for row in read_metrics(log_dir / "vae/stopped") if row.get("val/loss")]
+    assert len(steps) == 4  # the metrics of the first two epochs were kept, not overwritten
+
+
+def test_a_named_run_is_never_overwritten(make_config) -> None:
+    train(make_config(*SMALL_VAE, "run_name=mine", "trainer=debug", "trainer.max_epochs=1"))
+    assert main([f"log_dir={make_config().log_dir}", "run_name=mine"]) == 2
+
+
+def test_bf16_mixed_on_cpu(make_config, log_dir: Path) -> None:
+    metrics = train(make_config(*SMALL_VAE, "trainer=debug", "trainer.precision=bf16-mixed"))
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+    assert (_only_run(log_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+def _cli(*argv: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("GENLAB_RUN_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "genlab.train", *argv], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_ddp_with_two_cpu_processes(log_dir: Path) -> None:
+    result = _cli(
+        f"log_dir={log_dir}", *SMALL_VAE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+        "callbacks.progress.refresh_rate=0", "trainer.enable_model_summary=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = _only_run(log_dir)  # both ranks wrote into one run folder
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(column(read_metrics(run), "val/loss")) == 2
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+
+
+def test_cli_bad_input_is_one_clear_line() -> None:
+    result = _cli("model=nope")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "no config 'nope' for model" in result.stderr and "vae" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trainer.max_epoch=5"], "Did you mean: max_epochs"),
+        (["data=image_folder", "data.path=/no/such/folder"], "image folder '/no/such/folder' does not exist"),
+        (["ckpt_path=last"], "no checkpoint to resume"),
+    ],
+)
+def test_bad_input_in_process(argv: list[str], message: str, log_dir: Path, capsys) -> None:
+    assert main([f"log_dir={log_dir}", "callbacks.progress.refresh_rate=0", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_help_and_print_config(capsys) -> None:
+    assert main(["--help"]) == 0
+    assert "vae" in capsys.readouterr().out
+    assert main(["--print-config", "model.latent_dim=3"]) == 0
+    assert "latent_dim: 3" in capsys.readouterr().out
