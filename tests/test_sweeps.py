@@ -29,9 +29,11 @@ from genlab.train import main
 SWEEP_FILES = sorted((config_dir() / "sweep").glob("*.yaml"))
 SWEEP_ID = "sweep123"
 ENTRYPOINT = "genlab.train"
-# A few steps on CPU; a key the sweep itself sets is left to the sweep.
+# A few steps on CPU; a key the sweep itself sets is left to the sweep. No callbacks: sampling a
+# text model token by token would take most of the time (samples reaching W&B: test_wandb_logger).
 SHORT_RUN = {
     "trainer": "debug",
+    "callbacks": "none",
     "trainer.max_epochs": 1,
     "trainer.limit_train_batches": 2,
     "trainer.limit_val_batches": 1,
