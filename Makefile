@@ -6,9 +6,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MODEL  ?= vae
 ARGS   ?=
+COUNT  ?=
+SWEEP  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format bench clean
+.PHONY: help install train sweep agent test test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +25,18 @@ install: $(VENV)/.installed  ## create .venv and install genlab with its dev too
 
 train: install  ## train a family on its default data: make train MODEL=vae ARGS="trainer.max_epochs=5"
 	$(PY) -m genlab.train model=$(MODEL) $(ARGS)
+
+# The agent starts each run as `python -m genlab.train ...` with the first python on PATH: ours.
+sweep: install  ## W&B sweep from configs/sweep/$(MODEL).yaml plus an agent here: make sweep MODEL=vae COUNT=10
+	@test -f configs/sweep/$(MODEL).yaml || { echo "make sweep: no configs/sweep/$(MODEL).yaml; there are: $$(ls configs/sweep)" >&2; exit 2; }
+	@log=$$(mktemp); $(VENV)/bin/wandb sweep configs/sweep/$(MODEL).yaml 2>&1 | tee $$log; \
+	id=$$(sed -n 's/.*wandb agent \([^ ]*\).*/\1/p' $$log | tail -n 1); rm -f $$log; \
+	test -n "$$id" || { echo "make sweep: no sweep id in the output of wandb sweep (wandb login?)" >&2; exit 1; }; \
+	$(MAKE) --no-print-directory agent SWEEP=$$id COUNT=$(COUNT)
+
+agent: install  ## join a sweep from any machine: make agent SWEEP=entity/project/id [COUNT=5]
+	@test -n "$(SWEEP)" || { echo "make agent: give the sweep: SWEEP=entity/project/id (make sweep prints it)" >&2; exit 2; }
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/wandb agent $(if $(COUNT),--count $(COUNT)) $(SWEEP)
 
 test: install  ## run the fast test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest -q

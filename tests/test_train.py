@@ -119,3 +119,11 @@ def test_help_and_print_config(capsys) -> None:
     assert "vae" in capsys.readouterr().out
     assert main(["--print-config", "model.latent_dim=3"]) == 0
     assert "latent_dim: 3" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compiled_run_checkpoint_loads_without_compile(make_config, log_dir: Path) -> None:
+    train(make_config(*SMALL_VAE, "trainer=debug", "compile=true"))
+    checkpoint = torch.load(_only_run(log_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
+    assert load_model(_only_run(log_dir) / "checkpoints" / "last.ckpt").sample(2).shape == (2, 1, 8, 8)
