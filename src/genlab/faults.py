@@ -1,0 +1,218 @@
+"""Surviving faults: preemption signals, non-finite losses, and crashes while a checkpoint is written.
+
+- `PreemptionCheckpoint`: on SIGTERM (or the configured extra signal, SIGUSR1 by default) the run
+  finishes the current batch, saves `checkpoints/last.ckpt` and exits; `resume=auto` continues it.
+- `NaNGuard`: a non-finite loss or gradient stops the run naming the step and the last good
+  checkpoint, or (action=skip) drops that step's update, never silently training on.
+- `AtomicCheckpointIO`: a checkpoint is complete or absent, never half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from genlab.errors import ConfigError, DivergenceError
+
+log = logging.getLogger(__name__)
+
+# What a shell reports for a process ended by SIGTERM: schedulers that restart failed jobs
+# (Kubernetes, AWS Batch, torchrun --max-restarts) restart a preempted run instead of calling it done.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+def parse_signal(name: str | None) -> signal.Signals | None:
+    if name is None:
+        return None
+    try:
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    except KeyError:
+        raise ConfigError(f"unknown signal '{name}': use a name such as SIGUSR1, SIGUSR2 or SIGTERM") from None
+
+
+def slurm_environment(requeue_signal: str | None) -> list[SLURMEnvironment]:
+    """Lightning's SLURM environment with the configured requeue signal, when running under SLURM.
+
+    On that signal (sbatch --signal=SIGUSR1@90) Lightning saves `<run>/hpc_ckpt_<n>.ckpt` and calls
+    `scontrol requeue`; SLURM then stops the job with SIGTERM, which `PreemptionCheckpoint` turns
+    into `last.ckpt`. The requeued job keeps its job id, hence its run folder (genlab.run).
+    """
+    if not SLURMEnvironment.detect():
+        return []
+    sig = parse_signal(requeue_signal)
+    usable = sig not in (None, signal.SIGTERM)  # Lightning reserves SIGTERM for stopping
+    return [SLURMEnvironment(auto_requeue=usable, requeue_signal=sig if usable else None)]
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM or `signal`, saves `<dirpath>/last.ckpt` after the current batch and lets the run end.
+
+    Lightning already turns SIGTERM into a `SIGTERMException` at the next batch boundary (all DDP
+    ranks together) and calls `on_exception`; this callback saves there, and makes `signal` behave
+    like SIGTERM outside SLURM (under SLURM, Lightning's requeue handler owns it, see
+    `slurm_environment`). Lightning's `OnExceptionCheckpoint` does not fit: it saves on every
+    exception (a diverged run would overwrite the last good `last.ckpt` with NaN weights) and
+    deletes its file at teardown.
+    """
+
+    def __init__(self, dirpath: str | Path, signal: str | None = "SIGUSR1") -> None:
+        self.dirpath, self.signal = Path(dirpath), parse_signal(signal)
+        self.saved: Path | None = None
+
+    # Installed once training starts: Lightning snapshots the handlers just before and restores
+    # them at teardown, so the process is left as it was.
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._listen()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._listen()
+
+    def _listen(self) -> None:
+        if self.signal in (None, signal.SIGTERM) or SLURMEnvironment.detect():
+            return
+        signal.signal(self.signal, _forward_to_sigterm_handler)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        path = self.dirpath / "last.ckpt"
+        for callback in trainer.checkpoint_callbacks:
+            # ModelCheckpoint then owns this last.ckpt after the resume, instead of writing last-v1.ckpt beside it
+            if isinstance(callback, ModelCheckpoint) and callback.save_last and Path(callback.dirpath or "") == self.dirpath:
+                callback.last_model_path = str(path)
+        trainer.save_checkpoint(path, weights_only=False)  # every rank: sharded strategies gather, rank zero writes
+        self.saved = path
+        rank_zero_info(f"Stopped by a signal at step {trainer.global_step}: saved {path}")
+
+
+def _forward_to_sigterm_handler(signum: int, frame: FrameType | None) -> None:
+    handler = signal.getsignal(signal.SIGTERM)  # Lightning's: flags the trainer, signals DDP children
+    if callable(handler):
+        handler(signum, frame)
+
+
+class NaNGuard(L.Callback):
+    """Watches the gradients before each optimizer step and the loss after each batch.
+
+    action=stop raises `DivergenceError` naming the step and the last good checkpoint; a
+    non-finite gradient is caught before the weights are touched. action=skip drops the update
+    (gradients set to None: torch optimizers then leave those weights and their state alone) and
+    warns; more than `max_consecutive_skips` bad steps in a row stop the run anyway.
+
+    The decision is reduced over ranks, so every DDP/FSDP rank stops or skips together. Costs one
+    host sync per step. Under fp16 with a GradScaler, inf gradients are the scaler's business
+    (it skips the step and lowers the scale), so only the loss is checked there.
+
+    Not Lightning's `SpikeDetection`: it checks only after the optimizer step (the weights are
+    already NaN), cannot skip a step, and its `load_state_dict` fails in 2.6 (`self.running`).
+    """
+
+    def __init__(self, action: Literal["stop", "skip"] = "stop", max_consecutive_skips: int = 10) -> None:
+        if action not in ("stop", "skip"):
+            raise ConfigError(f"NaNGuard action must be 'stop' or 'skip', got {action!r}")
+        self.action, self.max_consecutive_skips = action, max_consecutive_skips
+        self.skipped, self._consecutive, self._bad_step = 0, 0, False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._bad_step = False
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = not grads or bool(torch.nn.utils.get_total_norm(grads).isfinite())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        self._bad_step = True
+        if self.action == "stop":
+            self._stop(trainer, "the gradients are", updated=False)
+        optimizer.zero_grad(set_to_none=True)
+        self._count_skip(trainer, "non-finite gradients")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            finite = bool(torch.isfinite(loss.detach()).all())
+            if not trainer.strategy.reduce_boolean_decision(finite, all=True) and not self._bad_step:
+                self._bad_step = True
+                if self.action == "stop":
+                    self._stop(trainer, f"the loss ({loss.item()}) is", updated=True)
+                self._count_skip(trainer, f"a non-finite loss ({loss.item()}) with finite gradients (update kept)")
+        if not self._bad_step:
+            self._consecutive = 0
+
+    def _count_skip(self, trainer: L.Trainer, what: str) -> None:
+        self.skipped += 1
+        self._consecutive += 1
+        if self._consecutive > self.max_consecutive_skips:
+            self._stop(trainer, f"{self._consecutive} steps in a row were", updated=False)
+        if trainer.is_global_zero:
+            log.warning("step %d: %s; update skipped (%d so far)", trainer.global_step, what, self.skipped)
+
+    def _stop(self, trainer: L.Trainer, what: str, updated: bool) -> None:
+        checkpoint = last_checkpoint(trainer)
+        raise DivergenceError(
+            f"{what} not finite at step {trainer.global_step} (epoch {trainer.current_epoch}); training stopped"
+            + (" after this step's update" if updated else " before updating the weights")
+            + f". Last good checkpoint: {checkpoint or 'none saved yet'}. Try a lower learning rate, "
+            "trainer.gradient_clip_val=1.0, bf16-mixed instead of 16-mixed, or callbacks.nan_guard.action=skip."
+        )
+
+
+def last_checkpoint(trainer: L.Trainer) -> str | None:
+    """The newest checkpoint a checkpoint callback wrote (or restored from a resumed run)."""
+    for callback in trainer.checkpoint_callbacks:
+        for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")):
+            if path and os.path.isfile(path):
+                return str(path)
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes `<name>.<pid>.tmp` next to the target, fsyncs it, then `os.replace`s it over the target,
+    so a crash mid-write leaves the previous checkpoint intact.
+
+    Lightning's own save goes through an fsspec transaction whose temporary file lives in the
+    system temp folder; when that is another file system than the checkpoints (node-local /tmp,
+    shared checkpoint storage), the final move is a copy onto the target, and a kill during that
+    copy leaves a truncated `last.ckpt`. Remote paths (s3://...) keep Lightning's way.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
