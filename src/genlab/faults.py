@@ -72,7 +72,6 @@ class PreemptionCheckpoint(L.Callback):
 
     def __init__(self, dirpath: str | Path, signal: str | None = "SIGUSR1") -> None:
         self.dirpath, self.signal = Path(dirpath), parse_signal(signal)
-        self.saved: Path | None = None
 
     # Installed once training starts: Lightning snapshots the handlers just before and restores
     # them at teardown, so the process is left as it was.
@@ -90,13 +89,13 @@ class PreemptionCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        path = self.dirpath / "last.ckpt"
+        path = self.dirpath.resolve() / "last.ckpt"
+        # ModelCheckpoint then owns this last.ckpt after the resume, instead of writing last-v1.ckpt beside it
         for callback in trainer.checkpoint_callbacks:
-            # ModelCheckpoint then owns this last.ckpt after the resume, instead of writing last-v1.ckpt beside it
-            if isinstance(callback, ModelCheckpoint) and callback.save_last and Path(callback.dirpath or "") == self.dirpath:
+            same_folder = os.path.realpath(getattr(callback, "dirpath", None) or "") == str(path.parent)
+            if isinstance(callback, ModelCheckpoint) and callback.save_last and same_folder:
                 callback.last_model_path = str(path)
         trainer.save_checkpoint(path, weights_only=False)  # every rank: sharded strategies gather, rank zero writes
-        self.saved = path
         rank_zero_info(f"Stopped by a signal at step {trainer.global_step}: saved {path}")
 
 
@@ -128,7 +127,9 @@ class NaNGuard(L.Callback):
         self.action, self.max_consecutive_skips = action, max_consecutive_skips
         self.skipped, self._consecutive, self._bad_step = 0, 0, False
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._bad_step = False
 
     def on_before_optimizer_step(
