@@ -147,9 +147,13 @@ def test_usr1_saves_and_resume_auto_continues(tmp_path: Path, monkeypatch: pytes
     last = tmp_path / "vae" / "pre" / "checkpoints" / "last.ckpt"
     assert checkpoint(last)["global_step"] == 4  # the batch in flight finished, then the run stopped
 
+    wandb_id = (last.parent.parent / "wandb_id").read_text().strip()
+    assert checkpoint(last)["genlab"]["wandb_id"] == wandb_id
+
     monkeypatch.setattr(VAEModule, "training_step", original)
     assert main(argv) == 0
     assert checkpoint(last)["global_step"] == 10
+    assert checkpoint(last)["genlab"]["wandb_id"] == wandb_id  # the same W&B run goes on
     assert sorted(os.listdir(last.parent)) == ["best-epoch=001-step=10.ckpt", "last.ckpt"]
     assert logged_steps(last.parent.parent) == list(range(10))  # each step once, across both processes
 
@@ -207,6 +211,19 @@ def test_newest_checkpoint_prefers_the_later_save(tmp_path: Path) -> None:
     assert newest_checkpoint(tmp_path) == hpc
     os.utime(hpc, (0, 0))
     assert newest_checkpoint(tmp_path) == last
+
+
+def test_slurm_requeue_calls_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/called\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "genlab"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    genlab.faults.requeue_slurm_job()
+    assert (tmp_path / "called").read_text().split() == ["requeue", "77"]
 
 
 def test_unknown_preempt_signal_is_a_config_error() -> None:

@@ -1,7 +1,8 @@
 """Surviving faults: preemption signals, non-finite losses, and crashes while a checkpoint is written.
 
 - `PreemptionCheckpoint`: on SIGTERM (or the configured extra signal, SIGUSR1 by default) the run
-  finishes the current batch, saves `checkpoints/last.ckpt` and exits; `resume=auto` continues it.
+  finishes the current batch, saves `checkpoints/last.ckpt` and exits (SLURM: requeues);
+  `resume=auto` continues it.
 - `NaNGuard`: a non-finite loss or gradient stops the run naming the step and the last good
   checkpoint, or (action=skip) drops that step's update, never silently training on.
 - `AtomicCheckpointIO`: a checkpoint is complete or absent, never half-written.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -45,35 +47,32 @@ def parse_signal(name: str | None) -> signal.Signals | None:
         raise ConfigError(f"unknown signal '{name}': use a name such as SIGUSR1, SIGUSR2 or SIGTERM") from None
 
 
-def slurm_environment(requeue_signal: str | None) -> list[SLURMEnvironment]:
-    """Lightning's SLURM environment with the configured requeue signal, when running under SLURM.
-
-    On that signal (sbatch --signal=SIGUSR1@90) Lightning saves `<run>/hpc_ckpt_<n>.ckpt` and calls
-    `scontrol requeue`; SLURM then stops the job with SIGTERM, which `PreemptionCheckpoint` turns
-    into `last.ckpt`. The requeued job keeps its job id, hence its run folder (genlab.run).
-    """
-    if not SLURMEnvironment.detect():
-        return []
-    sig = parse_signal(requeue_signal)
-    usable = sig not in (None, signal.SIGTERM)  # Lightning reserves SIGTERM for stopping
-    return [SLURMEnvironment(auto_requeue=usable, requeue_signal=sig if usable else None)]
+def slurm_environment() -> list[SLURMEnvironment]:
+    """Lightning's SLURM environment (ranks, nodes, master address) with its auto-requeue off:
+    `PreemptionCheckpoint` requeues instead, because Lightning's requeue handler saves the checkpoint
+    inside the signal handler (see there)."""
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM or `signal`, saves `<dirpath>/last.ckpt` after the current batch and lets the run end.
+    """On SIGTERM or `signal`, finishes the current batch, saves `<dirpath>/last.ckpt` on every rank
+    together and ends the run with Lightning's `SIGTERMException`; under SLURM, `signal` (sbatch
+    --signal=SIGUSR1@90) also requeues the job, which keeps its id and so its run folder.
 
-    Lightning already turns SIGTERM into a `SIGTERMException` at the next batch boundary (all DDP
-    ranks together) and calls `on_exception`; this callback saves there, and makes `signal` behave
-    like SIGTERM outside SLURM (under SLURM, Lightning's requeue handler owns it, see
-    `slurm_environment`). Lightning's `OnExceptionCheckpoint` does not fit: it saves on every
-    exception (a diverged run would overwrite the last good `last.ckpt` with NaN weights) and
-    deletes its file at teardown.
+    The signal handler only records the signal; the ranks agree at the batch's end (one all-reduce
+    per batch) and stop together. Lightning's own handlers run collectives inside the handler
+    (a broadcast on SIGTERM, a checkpoint barrier on the SLURM requeue signal), which can pair with
+    a different collective on another rank: a forwarded SIGUSR1 hung 2-process CPU DDP that way.
+    Lightning's `OnExceptionCheckpoint` does not fit either: it saves on every exception (a
+    diverged run would overwrite the last good `last.ckpt` with NaN weights) and deletes its file
+    at teardown.
     """
 
     def __init__(self, dirpath: str | Path, signal: str | None = "SIGUSR1") -> None:
-        self.dirpath, self.signal = Path(dirpath), parse_signal(signal)
+        self.dirpath, self.requeue_signal = Path(dirpath), parse_signal(signal)
+        self.received: int | None = None
 
-    # Installed once training starts: Lightning snapshots the handlers just before and restores
+    # Installed once the loops run: Lightning snapshots the handlers before fitting and restores
     # them at teardown, so the process is left as it was.
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._listen()
@@ -82,9 +81,18 @@ class PreemptionCheckpoint(L.Callback):
         self._listen()
 
     def _listen(self) -> None:
-        if self.signal in (None, signal.SIGTERM) or SLURMEnvironment.detect():
-            return
-        signal.signal(self.signal, _forward_to_sigterm_handler)
+        for signum in {signal.SIGTERM, self.requeue_signal} - {None}:
+            signal.signal(signum, self._record)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            # Lightning's own stop flag, now set on every rank at the same batch: its loops end the run
+            # after this batch is logged (or after the next validation batch) with SIGTERMException,
+            # leaving the loop state its resume expects. Private, as Lightning only sets it from its handler.
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
@@ -97,12 +105,22 @@ class PreemptionCheckpoint(L.Callback):
                 callback.last_model_path = str(path)
         trainer.save_checkpoint(path, weights_only=False)  # every rank: sharded strategies gather, rank zero writes
         rank_zero_info(f"Stopped by a signal at step {trainer.global_step}: saved {path}")
+        if trainer.is_global_zero and self.received == self.requeue_signal != signal.SIGTERM:
+            requeue_slurm_job()
 
 
-def _forward_to_sigterm_handler(signum: int, frame: FrameType | None) -> None:
-    handler = signal.getsignal(signal.SIGTERM)  # Lightning's: flags the trainer, signals DDP children
-    if callable(handler):
-        handler(signum, frame)
+def requeue_slurm_job() -> None:
+    """Put this SLURM job back in the queue (as Lightning's SLURM connector does); no-op outside SLURM."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job_id or not SLURMEnvironment.detect():
+        return
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode == 0:
+        rank_zero_info(f"Requeued SLURM job {job_id}")
+    else:
+        log.warning("scontrol requeue %s failed: %s", job_id, result.stderr.strip())
 
 
 class NaNGuard(L.Callback):

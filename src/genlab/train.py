@@ -58,7 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             callbacks=callbacks,
             logger=loggers or False,
             default_root_dir=str(run.dir),
-            plugins=plugins + slurm_environment(cfg.preempt_signal),
+            plugins=plugins + slurm_environment(),
         )
         if hasattr(datamodule, "batch_size"):
             rank_zero_info(describe_batch(datamodule.batch_size, trainer))
