@@ -198,12 +198,12 @@ class NaNGuard(L.Callback):
 
 
 def last_checkpoint(trainer: L.Trainer) -> str | None:
-    """The newest checkpoint a checkpoint callback wrote (or restored from a resumed run)."""
-    for callback in trainer.checkpoint_callbacks:
-        for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")):
-            if path and os.path.isfile(path):
-                return str(path)
-    return None
+    """The newest checkpoint the checkpoint callbacks wrote (or restored from a resumed run)."""
+    paths = [
+        getattr(c, key, "") for c in trainer.checkpoint_callbacks for key in ("last_model_path", "best_model_path")
+    ]
+    existing = [p for p in paths if p and os.path.isfile(p)]
+    return max(existing, key=os.path.getmtime) if existing else None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
