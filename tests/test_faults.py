@@ -242,7 +242,7 @@ def test_slurm_requeue_calls_scontrol(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_unknown_preempt_signal_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="SIGUSR3"):
-        genlab.faults.PreemptionCheckpoint("x", signal="SIGUSR3")
+        genlab.faults.PreemptionCheckpoint("x", preempt_signal="SIGUSR3")
 
 
 # ---------------------------------------------------------------------------------------------

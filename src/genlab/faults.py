@@ -55,9 +55,9 @@ def slurm_environment() -> list[SLURMEnvironment]:
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM or `signal`, finishes the current batch, saves `<dirpath>/last.ckpt` on every rank
-    together and ends the run with Lightning's `SIGTERMException`; under SLURM, `signal` (sbatch
-    --signal=SIGUSR1@90) also requeues the job, which keeps its id and so its run folder.
+    """On SIGTERM or `preempt_signal`, finishes the current batch, saves `<dirpath>/last.ckpt` on every
+    rank together and ends the run with Lightning's `SIGTERMException`; under SLURM, `preempt_signal`
+    (sbatch --signal=SIGUSR1@90) also requeues the job, which keeps its id and so its run folder.
 
     The signal handler only records the signal; the ranks agree at the batch's end (one all-reduce
     per batch) and stop together. Lightning's own handlers run collectives inside the handler
@@ -68,8 +68,8 @@ class PreemptionCheckpoint(L.Callback):
     at teardown.
     """
 
-    def __init__(self, dirpath: str | Path, signal: str | None = "SIGUSR1") -> None:
-        self.dirpath, self.requeue_signal = Path(dirpath), parse_signal(signal)
+    def __init__(self, dirpath: str | Path, preempt_signal: str | None = "SIGUSR1") -> None:
+        self.dirpath, self.requeue_signal = Path(dirpath), parse_signal(preempt_signal)
         self.received: int | None = None
 
     # Installed once the loops run: Lightning snapshots the handlers before fitting and restores

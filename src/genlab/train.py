@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [instantiate(node) for node in cfg.callbacks.values()]
         callbacks.append(RunInfoInCheckpoint(config, wandb_run_id(run.dir)))
         # Always on, whatever the callbacks group says: a preempted run must not be lost.
-        callbacks.append(PreemptionCheckpoint(run.dir / "checkpoints", signal=cfg.preempt_signal))
+        callbacks.append(PreemptionCheckpoint(run.dir / "checkpoints", cfg.preempt_signal))
         loggers = [instantiate(node) for node in cfg.logger.values()]
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         plugins = trainer_cfg.pop("plugins", None) or []
