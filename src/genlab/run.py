@@ -133,8 +133,9 @@ def _auto_resumed_run(cfg: DictConfig) -> Run:
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The newer of `checkpoints/last.ckpt` and Lightning's SLURM requeue checkpoints (`hpc_ckpt_<n>.ckpt`)."""
-    candidates = [p for p in (run_dir / "checkpoints" / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    """The newer of `checkpoints/last.ckpt` (a folder with FSDP's sharded checkpoints) and Lightning's
+    SLURM requeue checkpoints (`hpc_ckpt_<n>.ckpt`)."""
+    candidates = [p for p in (run_dir / "checkpoints" / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.exists()]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
