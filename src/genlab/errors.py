@@ -12,3 +12,7 @@ class ConfigError(GenlabError):
 
 class DataError(GenlabError):
     """A data set that is missing, empty or unreadable."""
+
+
+class DivergenceError(GenlabError):
+    """Training produced a non-finite loss or gradient and cannot go on (see genlab.faults.NaNGuard)."""

@@ -8,7 +8,9 @@
         wandb_id, wandb/      W&B run id and files, tensorboard/ when those loggers are on
 
 The folder is decided once by the launching process and passed to the processes Lightning starts
-for DDP through the environment, so every rank writes to the same place.
+for DDP through the environment, so every rank writes to the same place. Processes started
+separately (srun, torchrun, one per node) cannot share a timestamp: they name the folder after the
+SLURM job or torchrun's rendezvous id, or must be given the same `run_name`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -42,6 +45,8 @@ def prepare_run(cfg: DictConfig) -> Run:
     config there (rank zero)."""
     if os.environ.get(RUN_DIR_ENV):  # a process Lightning launched for another rank
         run = Run(Path(os.environ[RUN_DIR_ENV]), Path(p) if (p := os.environ.get(RESUME_ENV)) else None)
+    elif cfg.get("resume") is not None:
+        run = _auto_resumed_run(cfg)
     elif cfg.ckpt_path is not None:
         run = _resumed_run(cfg)
     else:
@@ -62,12 +67,29 @@ def _model_dir(cfg: DictConfig) -> Path:
     return Path(cfg.log_dir) / str(cfg.groups.model)
 
 
+def launch_rank() -> int:
+    """This process's global rank as its launcher's environment tells it, before the Trainer knows
+    (Lightning then sets the exact one). torchrun sets RANK, srun SLURM_PROCID; a per-node launch
+    (MASTER_ADDR, NODE_RANK, LOCAL_RANK) only the node and local ranks, enough to tell rank zero."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    node = int(os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or 0)
+    return node * int(os.environ.get("LOCAL_WORLD_SIZE") or 1) + int(os.environ.get("LOCAL_RANK") or 0)
+
+
 def _launcher_run_name() -> str | None:
-    """A name every rank of a multi-process launch agrees on without talking to the others."""
-    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    """A name every rank of a multi-process launch agrees on without talking to the others, and
+    that a requeued SLURM job (same job id) finds again."""
+    if job_id := SLURMEnvironment.job_id():  # None in interactive sessions (job name bash/interactive)
+        return f"slurm-{job_id}"
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     return f"torchrun-{run_id}" if run_id != "none" else None
+
+
+def _started_separately(cfg: DictConfig) -> bool:
+    """Is this one of several processes started by an outside launcher (not by Lightning)?"""
+    return int(os.environ.get("WORLD_SIZE") or 1) > 1 or int(cfg.trainer.get("num_nodes") or 1) > 1
 
 
 def _new_run_dir(cfg: DictConfig) -> Path:
@@ -76,15 +98,45 @@ def _new_run_dir(cfg: DictConfig) -> Path:
         run_dir = _model_dir(cfg) / str(name)
         if (run_dir / "checkpoints" / LAST).is_file():
             raise ConfigError(
-                f"run folder {run_dir} already holds checkpoints: continue it with ckpt_path=last, "
+                f"run folder {run_dir} already holds checkpoints: continue it with resume=auto (or ckpt_path=last), "
                 "or pick another run_name"
             )
         return run_dir
+    if _started_separately(cfg):
+        # Each process would stamp its own time (they start seconds apart on different nodes).
+        raise ConfigError(
+            "this is one of several processes started separately (WORLD_SIZE or trainer.num_nodes > 1) with "
+            "no SLURM job id or torchrun --rdzv-id to name the run: give every process the same run_name=<name>"
+        )
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir, n = _model_dir(cfg) / stamp, 1
     while run_dir.exists():  # two runs started in the same second
         run_dir, n = _model_dir(cfg) / f"{stamp}_{n}", n + 1
     return run_dir
+
+
+def _auto_resumed_run(cfg: DictConfig) -> Run:
+    """`resume=auto`: this run's folder (run_name, or the SLURM/torchrun job), continued from its
+    newest checkpoint if it has one, else started there."""
+    if cfg.resume != "auto":
+        raise ConfigError(f"resume must be null or auto, got {cfg.resume!r}")
+    if cfg.ckpt_path is not None:
+        raise ConfigError("resume=auto continues this run from its own folder: drop ckpt_path, or drop resume=auto")
+    name = cfg.run_name or _launcher_run_name()
+    if name is None:
+        raise ConfigError(
+            "resume=auto needs a run folder that a relaunch finds again: set run_name=<name> "
+            "(a SLURM job's id names it on its own, as does torchrun --rdzv-id)"
+        )
+    run_dir = _model_dir(cfg) / str(name)
+    return Run(run_dir, newest_checkpoint(run_dir))
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newer of `checkpoints/last.ckpt` (a folder with FSDP's sharded checkpoints) and Lightning's
+    SLURM requeue checkpoints (`hpc_ckpt_<n>.ckpt`)."""
+    candidates = [p for p in (run_dir / "checkpoints" / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.exists()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
 def _resumed_run(cfg: DictConfig) -> Run:

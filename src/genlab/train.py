@@ -14,20 +14,26 @@ import sys
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.callbacks import RunInfoInCheckpoint
 from genlab.config import EXPERIMENT, GROUPS, choices_of, compose, to_yaml
 from genlab.errors import GenlabError
+from genlab.faults import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, slurm_environment
 from genlab.instantiate import instantiate
 from genlab.loggers import wandb_run_id
-from genlab.run import RESUME_ENV, RUN_DIR_ENV, prepare_run
+from genlab.run import RESUME_ENV, RUN_DIR_ENV, launch_rank, prepare_run
+from genlab.strategies import check_launch, describe_batch
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; returns the final logged metrics."""
     saved_env = {key: os.environ.get(key) for key in (RUN_DIR_ENV, RESUME_ENV)}
     try:
+        rank_zero_only.rank = launch_rank()  # only rank zero writes, also before the Trainer knows the rank
+        check_launch(cfg.trainer.num_nodes)
         run = prepare_run(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -41,10 +47,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         config = OmegaConf.to_container(cfg, resolve=True)
         callbacks = [instantiate(node) for node in cfg.callbacks.values()]
         callbacks.append(RunInfoInCheckpoint(config, wandb_run_id(run.dir)))
+        # Always on, whatever the callbacks group says: a preempted run must not be lost.
+        callbacks.append(PreemptionCheckpoint(run.dir / "checkpoints", cfg.preempt_signal))
         loggers = [instantiate(node) for node in cfg.logger.values()]
+        trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+        plugins = trainer_cfg.pop("plugins", None) or []
+        plugins = instantiate(plugins if isinstance(plugins, list) else [plugins])
         trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run.dir)
+            trainer_cfg,
+            callbacks=callbacks,
+            logger=loggers or False,
+            default_root_dir=str(run.dir),
+            plugins=plugins + slurm_environment(),
         )
+        if hasattr(datamodule, "batch_size"):
+            rank_zero_info(describe_batch(datamodule.batch_size, trainer))
         for logger in loggers:
             logger.log_hyperparams(config)
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(run.resume_from) if run.resume_from else None)
@@ -67,7 +84,8 @@ Values are YAML: null/None, true/false, numbers, [lists]. Groups and their choic
 Examples:
   python -m genlab.train model=vae trainer.max_epochs=5
   python -m genlab.train model=vae data=mnist logger=csv,wandb trainer=ddp
-  python -m genlab.train model=vae ckpt_path=last        # resume the newest vae run"""
+  python -m genlab.train model=vae ckpt_path=last        # resume the newest vae run
+  python -m genlab.train model=vae run_name=a resume=auto  # continue run a if it was stopped, else start it"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     except GenlabError as err:
         print(f"genlab: error: {err}", file=sys.stderr)
         return 2
+    except SIGTERMException:  # preempted: PreemptionCheckpoint saved the run
+        print(
+            f"genlab: stopped by a signal; saved {cfg.run_dir}/checkpoints/last.ckpt. "
+            "Run the same command with resume=auto to continue.",
+            file=sys.stderr,
+        )
+        return PREEMPTED_EXIT_CODE
     return 0
 
 

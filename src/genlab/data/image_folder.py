@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from genlab.data.images import ImageDataModule, to_model_range
@@ -34,18 +34,42 @@ class ImageFiles(Dataset):
         return images, self.labels[torch.as_tensor(index)]
 
     def _read(self, path: Path) -> torch.Tensor:
-        with Image.open(path) as image:
-            image = image.convert(self.mode).resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-            array = np.asarray(image, dtype=np.uint8).reshape(self.image_size, self.image_size, -1)
-        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
-        return to_model_range(pixels, self.channels, self.image_size)[0]
+        try:
+            return read_image(path, self.channels, self.image_size)
+        except READ_ERRORS as err:  # the file changed after setup checked it
+            raise DataError(f"cannot read image '{path}' ({err})") from None
+
+
+# What a broken, truncated, non-image or unconvertible file raises while decoding.
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+HIGH_BIT_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1}
+
+
+def read_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
+    """One file as `(channels, image_size, image_size)` in [-1, 1], whatever its mode and size."""
+    with Image.open(path) as image:
+        ImageOps.exif_transpose(image, in_place=True)  # phone photos store their rotation in EXIF
+        if image.mode in HIGH_BIT_DEPTH:
+            # 16-bit (and 32-bit int, float) grey: scale to [0, 1]; PIL's convert("L") would clip to 255 (all white)
+            grey = np.asarray(image, dtype=np.float32) / HIGH_BIT_DEPTH[image.mode]
+            return to_model_range(torch.from_numpy(grey)[None, None], channels, image_size)[0]
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            # what a viewer shows: transparent pixels on white, not the arbitrary colours stored under them
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+        image = image.convert("L" if channels == 1 else "RGB")
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        array = np.asarray(image, dtype=np.uint8).reshape(image_size, image_size, -1)
+    pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+    return to_model_range(pixels, channels, image_size)[0]
 
 
 class ImageFolderDataModule(ImageDataModule):
     """Every image under `path`; subfolder names become class labels (sorted), else label 0.
 
-    Each file is checked once at setup: a truncated or non-image file stops the run with its name
-    (`on_bad_file: error`) or is left out with a warning (`on_bad_file: skip`).
+    Each file is decoded once at setup: a truncated or non-image file, or one whose class folder's
+    label is not below `num_classes`, stops the run with its name (`on_bad_file: error`) or is left
+    out with a warning naming it (`on_bad_file: skip`). Any size and mode loads: RGBA/LA/P with
+    transparency over white, 16-bit grey scaled (not clipped), then converted and resized.
     """
 
     def __init__(
@@ -67,21 +91,30 @@ class ImageFolderDataModule(ImageDataModule):
         if not files:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under '{self.path}'")
         classes = sorted({f.parent.relative_to(self.path).as_posix() for f in files})
-        good = [f for f in files if self._readable(f)]
+        label_of = {f: classes.index(f.parent.relative_to(self.path).as_posix()) for f in files}
+        good = [f for f in files if self._label_fits(f, label_of[f], classes) and self._readable(f)]
         if not good:
-            raise DataError(f"none of the {len(files)} images under '{self.path}' could be read")
-        labels = [classes.index(f.parent.relative_to(self.path).as_posix()) for f in good]
-        if self.num_classes and len(classes) > self.num_classes:
-            raise DataError(f"'{self.path}' has {len(classes)} class folders but data.num_classes={self.num_classes}")
+            raise DataError(f"none of the {len(files)} images under '{self.path}' could be used")
         self.num_classes = self.num_classes or len(classes)
-        return {"all": ImageFiles(good, labels, self.channels, self.image_size)}
+        return {"all": ImageFiles(good, [label_of[f] for f in good], self.channels, self.image_size)}
+
+    def _label_fits(self, path: Path, label: int, classes: list[str]) -> bool:
+        if not self.num_classes or label < self.num_classes:
+            return True
+        problem = (
+            f"image '{path}' has label {label} (class folder '{classes[label]}', one of {len(classes)}) "
+            f"but data.num_classes={self.num_classes}"
+        )
+        if self.on_bad_file == "error":
+            raise DataError(f"{problem}. Raise data.num_classes, move the folder out, or set data.on_bad_file=skip.")
+        log.warning("skipping %s", problem)
+        return False
 
     def _readable(self, path: Path) -> bool:
-        try:
-            with Image.open(path) as image:
-                image.load()  # decodes fully: catches truncated files that verify() lets through
+        try:  # decodes and converts fully, as training will: catches truncated files that verify() lets through
+            read_image(path, self.channels, self.image_size)
             return True
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        except READ_ERRORS as err:
             if self.on_bad_file == "error":
                 raise DataError(
                     f"cannot read image '{path}' ({err}). Remove or fix the file, or set "
