@@ -82,7 +82,7 @@ def genlab_round(cfg: DictConfig, warmup: int, steps: int, device: str, log_dir:
     with open_dict(cfg):
         cfg.log_dir = log_dir
         cfg.trainer.max_steps = warmup + steps + 1
-        del cfg.callbacks.checkpoint, cfg.callbacks.last_checkpoint  # per-epoch costs, off in both
+        del cfg.callbacks.checkpoint, cfg.callbacks.last  # per-epoch costs, off in both
         cfg.callbacks.timer = {"_target_": "__main__.WindowTimer", "first": warmup, "steps": steps, "device": device}
     train(cfg)
     return WindowTimer.seconds / steps

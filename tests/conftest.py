@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from genlab.config import compose
@@ -21,6 +22,16 @@ SHORT_RUN = (
     "trainer.num_sanity_val_steps=0",
     "callbacks.progress.refresh_rate=0",
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> Iterator[None]:
+    """Tests train tiny models, which gain nothing from a second thread; and two threads stall
+    badly when other jobs share the cores (10-20x slowdowns measured on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

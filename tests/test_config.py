@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab.config import choices_of, compose, config_dir, parse_argv, parse_value
+from genlab.config import choices_of, compose, config_dir, load_group_file, parse_argv, parse_value
 from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 
@@ -127,8 +127,19 @@ def test_model_data_mismatch(tmp_path: Path) -> None:
     assert "data.channels" in str(err.value)
 
 
+def _family_of_data() -> dict[str, str]:
+    """Each data config's family: the model whose default it is (text data needs a text model)."""
+    families = {}
+    for model in choices_of("model"):
+        for entry in load_group_file("model", model, config_dir())[1]:
+            families.setdefault(entry.get("data"), model)
+    return families
+
+
 def _argv_for(group: str, choice: str, tmp_path: Path) -> list[str]:
     argv = [f"{group}={choice}"]
+    if group == "data":
+        argv.insert(0, f"model={_family_of_data().get(choice, 'vae')}")
     if group == "data" and choice == "image_folder":
         argv.append(f"data.path={tmp_path}")
     return argv

@@ -34,14 +34,10 @@ SHORT += ["callbacks.progress.refresh_rate=0", "logger.csv.flush_logs_every_n_st
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """train() exports the run folder for DDP children; setting it here makes monkeypatch undo it.
-    One torch thread: on 2 shared cores, spinning OpenMP threads made these runs 3-5x slower."""
+    """train() exports the run folder for DDP children; setting it here makes monkeypatch undo it."""
     for key in (RUN_DIR_ENV, RESUME_ENV):
         monkeypatch.setenv(key, "")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 def checkpoint(path: Path) -> dict:

@@ -15,17 +15,6 @@ from genlab.instantiate import instantiate
 from genlab.models.gpt import warmup_cosine
 from genlab.train import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and two threads stall badly when other jobs
-    share the cores (a 10-20x slowdown measured on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "saw", "one", "big", "red", "dog", "run", "to", "his", "old")
 
 

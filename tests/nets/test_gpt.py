@@ -4,16 +4,6 @@ import torch
 from genlab.nets.gpt import GPT, KVCache, sample_next
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and two threads stall badly when other jobs
-    share the cores (a 10-20x slowdown measured on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_gpt(block_size: int = 16, dropout: float = 0.0) -> GPT:
     torch.manual_seed(0)
     return GPT(vocab_size=11, block_size=block_size, n_layer=2, n_head=2, n_embd=16, dropout=dropout).eval()
