@@ -33,6 +33,12 @@ def to_model_range(images: torch.Tensor, channels: int, image_size: int) -> torc
     return x.clamp(0, 1).mul(2).sub(1).contiguous()
 
 
+def ddp_world() -> tuple[int, int]:
+    """(world size, rank) once DDP is up, else (1, 0): samplers are made after Lightning starts DDP."""
+    ddp = dist.is_available() and dist.is_initialized()
+    return (dist.get_world_size(), dist.get_rank()) if ddp else (1, 0)
+
+
 class TensorImages(Dataset):
     """Images and labels held in memory. Indexed with a list of indices, it returns the whole
     batch with one gather instead of collating samples one by one."""
@@ -57,14 +63,8 @@ class ShuffledBatches(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> None:
-        ddp = dist.is_available() and dist.is_initialized()
-        super().__init__(
-            dataset,
-            num_replicas=dist.get_world_size() if ddp else 1,
-            rank=dist.get_rank() if ddp else 0,
-            shuffle=shuffle,
-            seed=seed,
-        )
+        world, rank = ddp_world()
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
         self.batch_size, self.drop_last_batch = batch_size, drop_last
 
     def __iter__(self) -> Iterator[list[int]]:

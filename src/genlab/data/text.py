@@ -29,11 +29,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from genlab.data import tokenizers
+from genlab.data.images import ddp_world
 from genlab.data.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, TokenizerKind
 from genlab.errors import ConfigError, DataError
 
@@ -141,11 +141,6 @@ class TokenWindows(Dataset):
         self.__dict__.update(state)
 
 
-def _ddp_world() -> tuple[int, int]:
-    ddp = dist.is_available() and dist.is_initialized()
-    return (dist.get_world_size(), dist.get_rank()) if ddp else (1, 0)
-
-
 class RandomWindows(DistributedSampler):
     """`num_batches` batches of random window starts for this rank (a DistributedSampler, so
     Lightning leaves it in place under DDP).
@@ -165,7 +160,7 @@ class RandomWindows(DistributedSampler):
         seed: int,
         first_step: Callable[[], int] | None = None,
     ) -> None:
-        world, rank = _ddp_world()
+        world, rank = ddp_world()
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         self.batch_size, self.num_batches, self.first_step = batch_size, num_batches, first_step
 
@@ -185,7 +180,7 @@ class EvalWindows(DistributedSampler):
     `limit_val_batches` evaluates a fair sample of the split and the same one every time."""
 
     def __init__(self, dataset: TokenWindows, batch_size: int, seed: int) -> None:
-        world, rank = _ddp_world()
+        world, rank = ddp_world()
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False, seed=seed)
         starts = torch.arange(0, len(dataset), dataset.block_size)
         starts = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))]
@@ -342,7 +337,7 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         train = self.splits["train"]
-        world, _ = _ddp_world()
+        world, _ = ddp_world()
         num_batches = max(1, (train.stop - train.start) // (self.block_size * self.batch_size * world))
         trainer = self.trainer
         first_step = (lambda: trainer.global_step) if trainer is not None else None
