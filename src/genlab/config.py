@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError, MissingMandatoryValue
 
 from genlab.errors import ConfigError
-from genlab.instantiate import suggest, validate
+from genlab.instantiate import SPECIAL_KEYS, suggest, validate
 
 GROUPS = ("model", "data", "trainer", "logger", "callbacks")
 MULTI_CHOICE_GROUPS = ("logger", "callbacks")  # several files merge: logger=csv,wandb
@@ -216,7 +216,7 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _unknown_key(dotted: str, parent: str, node: Any, part: str) -> None:
-    keys = [k for k in node if k not in ("_target_", "_partial_")] if isinstance(node, dict) else []
+    keys = [k for k in node if k not in SPECIAL_KEYS] if isinstance(node, dict) else []
     where = f"under '{parent}'" if parent else "at the top level"
     raise ConfigError(
         f"unknown key '{dotted}': there is no '{part}' {where}."

@@ -2,7 +2,9 @@
 
 A node with `_target_: pkg.module.Name` is built as `Name(**other_keys)` (nested nodes first);
 `_partial_: true` gives a `functools.partial` instead, for objects the module finishes itself
-(an optimizer needs the parameters). This is the small part of Hydra's `instantiate` we need,
+(an optimizer needs the parameters). `_recursive_: false` passes the nested nodes as plain dicts:
+a LightningModule given its nets' config (not the built nets) saves it as hyperparameters and builds
+them itself, so `Module.load_from_checkpoint(path)` rebuilds it the Lightning way. This is the small part of Hydra's `instantiate` we need,
 without Hydra's process-level state, which breaks under DDP (lightning-hydra-template#393).
 """
 
@@ -21,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genlab.errors import ConfigError
 
-SPECIAL_KEYS = ("_target_", "_partial_")
+SPECIAL_KEYS = ("_target_", "_partial_", "_recursive_")
 
 
 def locate(path: str) -> Any:
@@ -52,7 +54,8 @@ def _build(node: Any, extra: dict[str, Any] | None = None) -> Any:
     if isinstance(node, dict):
         if "_target_" not in node:
             return {key: _build(value) for key, value in node.items()}
-        args = {key: _build(value) for key, value in node.items() if key not in SPECIAL_KEYS}
+        recursive = node.get("_recursive_", True)
+        args = {key: _build(value) if recursive else value for key, value in node.items() if key not in SPECIAL_KEYS}
         args.update(extra or {})
         target = locate(node["_target_"])
         return functools.partial(target, **args) if node.get("_partial_") else target(**args)
