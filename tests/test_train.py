@@ -12,8 +12,8 @@ import torch
 from conftest import column, read_metrics
 
 from genlab import load_model
-from genlab.models import VAEModule
 from genlab.instantiate import instantiate
+from genlab.models import VAEModule
 from genlab.train import main, train
 
 SMALL_VAE = ("model.encoder.hidden_channels=[16,32]",)

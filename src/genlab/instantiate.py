@@ -4,8 +4,10 @@ A node with `_target_: pkg.module.Name` is built as `Name(**other_keys)` (nested
 `_partial_: true` gives a `functools.partial` instead, for objects the module finishes itself
 (an optimizer needs the parameters). `_recursive_: false` passes the nested nodes as plain dicts:
 a LightningModule given its nets' config (not the built nets) saves it as hyperparameters and builds
-them itself, so `Module.load_from_checkpoint(path)` rebuilds it the Lightning way. This is the small part of Hydra's `instantiate` we need,
-without Hydra's process-level state, which breaks under DDP (lightning-hydra-template#393).
+them itself, so `Module.load_from_checkpoint(path)` rebuilds it the Lightning way.
+
+This is the small part of Hydra's `instantiate` we need, without Hydra's process-level state,
+which breaks under DDP (lightning-hydra-template#393).
 """
 
 from __future__ import annotations
