@@ -4,7 +4,9 @@
 
 Diffusion and GAN generators sample from the EMA weights (Ho et al. 2020 use decay 0.9999; Karras
 et al. 2018 a half-life of 10k images for G). Until `start_step` updates the shadow just copies the
-online weights, so an early sample is not an average of random initialisations.
+online weights, so an early sample is not an average of random initialisations. With `warmup`
+the decay grows as min(decay, (1 + n) / (10 + n)) over the n-th update (TensorFlow's
+`ExponentialMovingAverage(num_updates=...)`), so a short run's shadow is not mostly its init.
 
 Why not Lightning's `EMAWeightAveraging`: it averages the whole LightningModule (a GAN's
 discriminator and frozen feature nets too), swaps the EMA weights in only for validation (samples
@@ -28,13 +30,14 @@ from torch import nn
 
 
 class EMA(nn.Module):
-    def __init__(self, net: nn.Module, decay: float = 0.999, start_step: int = 0) -> None:
+    def __init__(self, net: nn.Module, decay: float = 0.999, start_step: int = 0, warmup: bool = False) -> None:
         """`decay` in [0, 1): the shadow's half-life is ln(0.5) / ln(decay) updates (0.999: ~693).
-        `start_step`: updates before this one copy the online weights instead of averaging."""
+        `start_step`: updates before this one copy the online weights instead of averaging.
+        `warmup`: ramp the decay up from 0.1 (see above) after `start_step`."""
         super().__init__()
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay, self.start_step = decay, start_step
+        self.decay, self.start_step, self.warmup = decay, start_step, warmup
         self.shadow = copy.deepcopy(net).requires_grad_(False).eval()
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
@@ -47,7 +50,9 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
         """Move the shadow towards `net` (the same architecture); float buffers are copied as they are."""
-        weight = 1.0 if int(self.num_updates) < self.start_step else 1.0 - self.decay
+        n = int(self.num_updates) - self.start_step  # averaging updates done so far
+        decay = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+        weight = 1.0 if n < 0 else 1.0 - decay
         shadow = [p for p in self.shadow.parameters()]
         online = [p.detach() for p in net.parameters()]
         if len(shadow) != len(online):

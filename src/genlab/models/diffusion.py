@@ -1,0 +1,160 @@
+"""Diffusion (DDPM training, DDIM sampling) and flow matching: one module, two processes.
+
+    loss = E_{x0, noise, t} w(t) || net(x_t, t, y) - target(x0, noise, t) ||^2
+
+What differs between the two families is only the process (how x_t and the target are made, which
+t are drawn, how sampling integrates back): a parameter-free object from
+`genlab.models.diffusion_process`, chosen by the config (`configs/model/diffusion.yaml`:
+GaussianDiffusion; `configs/model/flow_matching.yaml`: RectifiedFlow). The UNet, the EMA, the
+conditioning and classifier-free guidance, validation and `sample()` are the same code.
+
+- EMA (`genlab.nets.ema.EMA`, a submodule): updated after every optimizer step; `val/loss`, the
+  sample grids, `sample()` and so `load_model` use the EMA weights. Export alone with
+  `model.ema.shadow.state_dict()` (a plain UNet state dict).
+- Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598): the net's label embedder drops
+  labels to a learned null label with `drop_prob` while training; at sampling
+  out = uncond + w (cond - uncond), so w = 1 is plain conditional sampling and w = 0 unconditional.
+- `val/loss`: the same noise and timesteps every epoch (seeded per batch), so it is comparable from
+  epoch to epoch and the best checkpoint means something.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from genlab.errors import ConfigError
+from genlab.instantiate import instantiate
+from genlab.nets.ema import EMA
+
+
+class DiffusionModule(L.LightningModule):
+    def __init__(
+        self,
+        net: dict[str, Any],
+        process: dict[str, Any],
+        optimizer: dict[str, Any],
+        sampler: str = "ddim",
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        guidance: float = 1.0,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        val_seed: int = 0,
+    ) -> None:
+        """Config nodes, built here so `DiffusionModule.load_from_checkpoint(path)` rebuilds the model:
+        `net` a denoiser `(x, t, cond) -> x-shaped` (genlab.nets.UNet), `process` the noising
+        process and its samplers, `optimizer` a partial node taking the parameters.
+        `sampler`, `sample_steps`, `eta`, `guidance`: what `sample()` uses unless told otherwise."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = instantiate(net)
+        self.process = instantiate(process)
+        self.process.check_sampler(sampler, sample_steps)
+        self._check_guidance(guidance, "model.guidance")
+        self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup)
+
+    @property
+    def conditioning(self) -> torch.nn.Module | None:
+        return self.net.conditioning
+
+    def _check_guidance(self, guidance: float, key: str) -> None:
+        if guidance == 1.0:
+            return
+        if self.conditioning is None:
+            raise ConfigError(f"{key}={guidance}: guidance needs a conditional model (model.net.conditioning is null)")
+        if getattr(self.conditioning, "drop_prob", 0) <= 0:
+            raise ConfigError(
+                f"{key}={guidance}: the model was trained without label dropout "
+                "(model.net.conditioning.drop_prob=0), so it has no unconditional prediction to guide with"
+            )
+
+    def _check_labels(self, labels: torch.Tensor, n: int) -> torch.Tensor:
+        if self.conditioning is None:
+            raise ConfigError("sample(labels=...): the model is unconditional (model.net.conditioning is null)")
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
+        if len(labels) != n:
+            raise ConfigError(f"sample(labels=...): got {len(labels)} labels for n={n} samples")
+        classes = self.conditioning.num_classes
+        bad = labels[(labels < 0) | (labels >= classes)]
+        if len(bad):
+            raise ConfigError(
+                f"sample(labels=...): label {int(bad[0])} is outside the data's classes 0..{classes - 1} "
+                f"(data.num_classes={classes})"
+            )
+        return labels
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return instantiate(self.hparams.optimizer)(self.net.parameters())  # not the EMA's (never trained)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.net)  # after every real step (also with gradient accumulation)
+
+    def loss(
+        self, net: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Per-example loss `(B,)`; `generator` fixes t and the noise (validation)."""
+        t = self.process.draw_t(len(x0), x0.device, generator)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device) if generator else None
+        noise = torch.randn_like(x0) if noise is None else noise
+        cond = labels if self.conditioning is not None else None
+        output = net(self.process.noisy(x0, noise, t), self.process.net_time(t), cond)
+        return self.process.loss(output, x0, noise, t)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self.net, batch[0], batch[1]).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, labels = batch
+        generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)  # same t and noise every epoch
+        ema_loss = self.loss(self.ema.shadow, x, labels, generator).mean()
+        generator.manual_seed(self.hparams.val_seed + batch_idx)
+        online_loss = self.loss(self.net, x, labels, generator).mean()
+        metrics = {"val/loss": ema_loss, "val/loss_online": online_loss}  # val/loss: the weights that sample
+        self.log_dict(metrics, sync_dist=True, batch_size=len(x))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        steps: int | None = None,
+        guidance: float | None = None,
+        labels: torch.Tensor | list[int] | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+    ) -> torch.Tensor:
+        """`n` images `(n, C, H, W)` in [-1, 1] from the EMA weights. A conditional model given no
+        labels draws the classes in turn (0, 1, 2, ...). `steps`, `guidance`, `sampler` and `eta`
+        default to the config's."""
+        hp = self.hparams
+        sampler, eta = sampler or hp.sampler, hp.eta if eta is None else eta
+        steps = steps or (hp.sample_steps if sampler == hp.sampler else None)
+        guidance = hp.guidance if guidance is None else guidance
+        self._check_guidance(guidance, "sample(guidance=...)")
+        if labels is not None:
+            labels = self._check_labels(labels, n)
+        elif self.conditioning is not None:
+            labels = torch.arange(n, device=self.device) % self.conditioning.num_classes
+        net = self.ema.shadow
+        shape = (n, net.in_channels, net.image_size, net.image_size)
+        noise = torch.randn(shape, device=self.device)
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            time = self.process.net_time(t)
+            if labels is None:
+                return net(x, time)
+            if guidance == 1.0:
+                return net(x, time, labels)
+            null = self.conditioning.null(n, x.device)
+            cond, uncond = net(torch.cat([x, x]), torch.cat([time, time]), torch.cat([labels, null])).chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        if steps is None:
+            steps = getattr(self.process, "num_timesteps", None) if sampler == "ddpm" else hp.sample_steps
+        self.process.check_sampler(sampler, steps, key="sample(steps=...)")
+        return self.process.sample(denoise, noise, sampler=sampler, steps=steps, eta=eta).clamp(-1, 1)
