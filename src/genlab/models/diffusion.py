@@ -150,6 +150,8 @@ class DiffusionModule(L.LightningModule):
                 return net(x, time)
             if guidance == 1.0:
                 return net(x, time, labels)
+            if guidance == 0.0:  # the unconditional branch alone: half the work
+                return net(x, time, self.conditioning.null(n, x.device))
             null = self.conditioning.null(n, x.device)
             cond, uncond = net(torch.cat([x, x]), torch.cat([time, time]), torch.cat([labels, null])).chunk(2)
             return uncond + guidance * (cond - uncond)
