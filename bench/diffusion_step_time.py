@@ -22,7 +22,7 @@ import time
 
 import lightning as L
 import torch
-from vae_step_time import StepTimer, genlab_epochs
+from vae_step_time import StepTimer, genlab_epochs  # noqa: F401  (genlab_epochs builds __main__.StepTimer)
 
 from genlab import load_model
 from genlab.config import compose
@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--samplers", default=None, help="name:steps,... (default: the family's usual ones)")
     parser.add_argument("--n", type=int, default=256, help="images per sampling call")
     args, overrides = parser.parse_known_args()
-    overrides = [f"model={args.model}", "callbacks.progress.refresh_rate=0", "trainer.enable_model_summary=false", *overrides]
+    quiet = ["callbacks.progress.refresh_rate=0", "trainer.enable_model_summary=false"]
+    overrides = [f"model={args.model}", *quiet, *overrides]
     print(f"config: {' '.join(overrides)}  threads: {torch.get_num_threads()}")
     if args.rounds:
         plain, ours = [], []

@@ -89,6 +89,7 @@ def test_ema_lags_the_online_weights() -> None:
     assert sum(lagged) > 0 and sum(lagged) < 0.5 * sum(moved)
     assert not any(p.requires_grad for p in model.ema.shadow.parameters())
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.net.parameters()}
+    assert optimizer.param_groups[1]["weight_decay"] == 0  # norms and biases
 
 
 def test_the_ema_exports_alone_as_a_plain_unet() -> None:

@@ -27,6 +27,7 @@ import torch
 
 from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
+from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.nets.ema import EMA
 
 
@@ -55,6 +56,7 @@ class DiffusionModule(L.LightningModule):
         self.process.check_sampler(sampler, sample_steps)
         self._check_guidance(guidance, "model.guidance")
         self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup)
+        self.decayed = matrix_names(self.net)  # weight decay (if the optimizer has any) on these only
 
     @property
     def conditioning(self) -> torch.nn.Module | None:
@@ -86,8 +88,14 @@ class DiffusionModule(L.LightningModule):
             )
         return labels
 
+    def setup(self, stage: str) -> None:
+        strategy = type(self.trainer.strategy).__name__
+        if "FSDP" in strategy or "DeepSpeed" in strategy:  # the EMA copy would be a second, unsharded model
+            raise ConfigError(f"trainer.strategy: the diffusion family's EMA needs DDP or one device, not {strategy}")
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return instantiate(self.hparams.optimizer)(self.net.parameters())  # not the EMA's (never trained)
+        # the online net only, never the EMA's; groups by name (FSDP-safe), as every family does
+        return instantiate(self.hparams.optimizer)(weight_decay_groups(self.net, self.decayed))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
