@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each; 0: sampling only")
     parser.add_argument("--checkpoint", default=None, help="sample from this checkpoint's EMA weights")
     parser.add_argument("--samplers", default=None, help="name:steps,... (default: the family's usual ones)")
-    parser.add_argument("--n", type=int, default=256, help="images per sampling call")
+    parser.add_argument("--n", type=int, default=256, help="images per sampling call; 0: no sampling")
     args, overrides = parser.parse_known_args()
     quiet = ["callbacks.progress.refresh_rate=0", "trainer.enable_model_summary=false"]
     overrides = [f"model={args.model}", *quiet, *overrides]
@@ -92,6 +92,8 @@ def main() -> None:
         p, g = statistics.median(plain), statistics.median(ours)
         print(f"plain PyTorch loop : {p * 1e3:7.1f} ms/step")
         print(f"genlab (Lightning) : {g * 1e3:7.1f} ms/step   ratio {g / p:.3f}  (goal <= 1.05)")
+    if not args.n:
+        return
     default = "ddim:10,ddim:50,ddpm:1000" if args.model == "diffusion" else "euler:20,euler:50,heun:20,heun:50"
     model = load_model(args.checkpoint) if args.checkpoint else instantiate(compose(overrides).model)
     sampling(model, (args.samplers or default).split(","), args.n)
