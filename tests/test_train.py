@@ -13,6 +13,7 @@ from conftest import column, read_metrics
 
 from genlab import load_model
 from genlab.instantiate import instantiate
+from genlab.models import VAEModule
 from genlab.train import main, train
 
 SMALL_VAE = ("model.encoder.hidden_channels=[16,32]",)
@@ -45,6 +46,9 @@ def test_vae_run_learns_and_leaves_a_complete_run_folder(make_config, log_dir: P
     model = load_model(run / "checkpoints" / "last.ckpt")  # the checkpoint alone rebuilds the model
     samples = model.sample(16)
     assert samples.shape == (16, 1, 8, 8) and samples.min() >= -1 and samples.max() <= 1
+    lightning_way = VAEModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")  # what Lightning users try first
+    for key, value in model.state_dict().items():
+        assert torch.equal(lightning_way.state_dict()[key], value), key
 
 
 def test_resumed_run_ends_where_an_unbroken_run_ends(make_config, log_dir: Path) -> None:

@@ -10,9 +10,9 @@ import genlab
 from genlab.config import compose
 from genlab.data.text import TextDataModule
 from genlab.data.tokenizers import CharTokenizer
-from genlab.errors import DataError
+from genlab.errors import ConfigError, DataError
 from genlab.instantiate import instantiate
-from genlab.models.gpt import warmup_cosine
+from genlab.models.gpt import GPTModule, warmup_cosine
 from genlab.train import train
 
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "saw", "one", "big", "red", "dog", "run", "to", "his", "old")
@@ -86,6 +86,23 @@ def test_checkpoint_reloads_with_its_vocabulary(trained):
     with pytest.raises(DataError, match="not in the vocabulary"):
         model.generate("THE CAT €")
     assert len(model.sample(3)) == 3
+    lightning_way = GPTModule.load_from_checkpoint(tmp_path / "gpt" / "tiny" / "checkpoints" / "last.ckpt")
+    assert lightning_way.tokenizer == model.tokenizer
+    for key, value in model.state_dict().items():
+        assert torch.equal(lightning_way.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.top_k=0", "top_k must be null or at least 1"),
+        ("model.top_p=0", r"top_p must be null or in \(0, 1\]"),
+        ("model.temperature=-0.5", "temperature must be >= 0"),
+    ],
+)
+def test_bad_sampling_settings_fail_at_construction(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        instantiate(compose(["model=gpt", override]).model)
 
 
 def test_resuming_on_text_with_another_vocabulary_is_an_error(trained, tmp_path):

@@ -7,16 +7,16 @@ reported also as bits per token (`val/bpc`: per character or byte, loss / ln 2) 
 LayerNorm gains); the learning rate warms up linearly, then follows a cosine down to
 `min_lr_ratio` of its peak (the GPT-2/3 and nanoGPT recipe).
 
-The vocabulary belongs to the data, so the net is given as a partial (every argument but
-`vocab_size`) and built in `configure_model()` from the data module's tokenizer. The tokenizer is
-stored in every checkpoint, so `genlab.load_model` rebuilds the net and can decode text.
+The vocabulary belongs to the data, so the net's config node is partial (every argument but
+`vocab_size`) and the net is built in `configure_model()` from the data module's tokenizer. The
+tokenizer is stored in every checkpoint, so `genlab.load_model` and `GPTModule.load_from_checkpoint`
+rebuild the net and can decode text.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -28,6 +28,8 @@ from torchmetrics import MeanMetric
 from genlab.data import tokenizers
 from genlab.data.tokenizers import Tokenizer
 from genlab.errors import ConfigError, DataError
+from genlab.instantiate import instantiate
+from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.nets.gpt import GPT
 
 TOKENIZER_KEY = "tokenizer"  # where a checkpoint keeps the tokenizer's state
@@ -44,11 +46,21 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, where: str = "model.") -> None:
+    """Refuse sampling settings that would fail (or sample the least likely tokens) at the first sample."""
+    if temperature < 0:
+        raise ConfigError(f"{where}temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"{where}top_k must be null or at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"{where}top_p must be null or in (0, 1], got {top_p}")
+
+
 class GPTModule(L.LightningModule):
     def __init__(
         self,
-        net: Callable[..., GPT],
-        optimizer: Callable[..., torch.optim.Optimizer],
+        net: dict[str, Any],
+        optimizer: dict[str, Any],
         warmup_steps: int = 100,
         lr_decay_steps: int | None = None,
         min_lr_ratio: float = 0.1,
@@ -59,18 +71,22 @@ class GPTModule(L.LightningModule):
         top_p: float | None = None,
         compile: bool = False,
     ) -> None:
-        """`net`: a partial GPT missing `vocab_size`. `optimizer`: a partial taking parameter groups
-        (its weight_decay applies to matrices only). `lr_decay_steps` null: the run's length.
+        """`net`: a partial GPT node missing `vocab_size`. `optimizer`: a partial node taking parameter
+        groups (its weight_decay applies to matrices only). `lr_decay_steps` null: the run's length.
         `sample_*`, `temperature`, `top_k`, `top_p`: what `sample(n)` draws for the sample logger.
         `compile`: torch.compile the net once it is built (the entrypoint's `compile` runs earlier,
         before the net exists)."""
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"])
-        self.net_factory, self.optimizer_factory = net, optimizer
+        check_sampling(temperature, top_k, top_p)
+        if sample_length < 1:
+            raise ConfigError(f"model.sample_length must be at least 1, got {sample_length}")
+        self.save_hyperparameters()
         self.net: GPT | None = None
+        self.decayed: frozenset[str] = frozenset()  # names of the matrices, fixed before any sharding
         self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric()  # mean over tokens (and ranks) of the whole validation run
         self._tokens_seen, self._last_mark = 0, (0, 0.0)
+        self._step_lr, self._paused, self._validation_began = 0.0, 0.0, 0.0
 
     def build(self, tokenizer: Tokenizer) -> None:
         """Make the net for `tokenizer`'s vocabulary (once)."""
@@ -82,7 +98,8 @@ class GPTModule(L.LightningModule):
                 )
             return
         self.tokenizer = tokenizer
-        self.net = self.net_factory(vocab_size=tokenizer.vocab_size)
+        self.net = instantiate(self.hparams.net)(vocab_size=tokenizer.vocab_size)
+        self.decayed = matrix_names(self.net)
 
     def configure_model(self) -> None:
         if self._trainer is None:  # LightningModule.load_from_checkpoint: on_load_checkpoint builds
@@ -104,13 +121,7 @@ class GPTModule(L.LightningModule):
         self.build(tokenizers.from_state(checkpoint[TOKENIZER_KEY]))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = list(self.net.parameters())  # the tied embedding appears once
-        optimizer = self.optimizer_factory(
-            [
-                {"params": [p for p in params if p.dim() >= 2]},
-                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-            ]
-        )
+        optimizer = instantiate(self.hparams.optimizer)(weight_decay_groups(self.net, self.decayed))
         decay_steps = self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches
         if not math.isfinite(decay_steps):
             raise ConfigError("model.lr_decay_steps is needed when the run has no length (trainer.max_steps)")
@@ -134,19 +145,30 @@ class GPTModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
         return loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # before the scheduler moves it on
+
     def on_train_batch_end(self, outputs: Any, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         # Throughput from the host clock every log_every_n_steps: the loss logged at those steps syncs
         # the device anyway, so no extra sync is needed (ThroughputMonitor synchronizes every step).
+        # Time spent in validation (and the sampling and checkpoints it triggers) is not training time.
         self._tokens_seen += batch[0].numel()
-        step, (last_step, last_time) = self.global_step, self._last_mark
-        if step % self.trainer.log_every_n_steps or step == last_step:
+        every, step, (last_step, last_time) = self.trainer.log_every_n_steps, self.global_step, self._last_mark
+        if not every or step % every or step == last_step:  # log_every_n_steps=0: Lightning logs nothing
             return
         now = time.perf_counter()
         if last_step > 0:
-            rate = self._tokens_seen * self.trainer.world_size / (now - last_time)
+            rate = self._tokens_seen * self.trainer.world_size / (now - last_time - self._paused)
             self.log("train/tokens_per_sec", rate, batch_size=1)
-            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=1)
-        self._tokens_seen, self._last_mark = 0, (step, now)
+            self.log("train/lr", self._step_lr, batch_size=1)  # the rate this step's update used
+        self._tokens_seen, self._last_mark, self._paused = 0, (step, now), 0.0
+
+    def on_validation_start(self) -> None:
+        self._validation_began = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        if self.trainer.training:  # validation inside fit (not trainer.validate)
+            self._paused += time.perf_counter() - self._validation_began
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self.loss(batch), weight=batch[1].numel())
@@ -173,6 +195,7 @@ class GPTModule(L.LightningModule):
         """`prompt` and its sampled continuation (temperature 0: greedy). Seed torch for repeatable text."""
         if not prompt:
             raise DataError("generate: the prompt is empty; give at least one character (e.g. '\\n')")
+        check_sampling(temperature, top_k, top_p, where="generate: ")
         out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
         return self.tokenizer.decode(out[0].tolist())
 

@@ -10,22 +10,21 @@ importance-weighted estimate of -log p(x) (Burda et al. 2016, eq. 8) with `iw_sa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch import nn
 
+from genlab.instantiate import instantiate
 from genlab.models.likelihoods import make_likelihood
 
 
 class VAEModule(L.LightningModule):
     def __init__(
         self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        encoder: dict[str, Any],
+        decoder: dict[str, Any],
+        optimizer: dict[str, Any],
         latent_dim: int,
         likelihood: Literal["bernoulli", "discretized_gaussian"] = "bernoulli",
         sigma: float = 0.1,
@@ -33,17 +32,19 @@ class VAEModule(L.LightningModule):
         kl_warmup_steps: int = 0,
         iw_samples: int = 16,
     ) -> None:
-        """`encoder` maps images to 2 * latent_dim features (mean, log-variance); `decoder` maps a
-        latent to the likelihood's parameters; `optimizer` is a partial taking the parameters."""
+        """Config nodes (`_target_` dicts), built here so that they are saved as hyperparameters and
+        `VAEModule.load_from_checkpoint(path)` rebuilds the model: `encoder` maps images to
+        2 * latent_dim features (mean, log-variance); `decoder` maps a latent to the likelihood's
+        parameters; `optimizer` is a partial node taking the parameters."""
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer"])
-        self.encoder, self.decoder, self.optimizer_factory = encoder, decoder, optimizer
+        self.save_hyperparameters()
+        self.encoder, self.decoder = instantiate(encoder), instantiate(decoder)
         self.likelihood = make_likelihood(
             likelihood, **({"sigma": sigma} if likelihood == "discretized_gaussian" else {})
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+        return instantiate(self.hparams.optimizer)(self.parameters())
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) as (mean, log-variance), each `(B, latent_dim)`."""
