@@ -11,9 +11,16 @@ from genlab.data import DigitsDataModule
 from genlab.metrics import ClassifierFeatures, digits_features, split_tensors
 
 
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder per test session, shared by every test module (the classifier trains once)."""
+    path = tmp_path_factory.getbasetemp() / "metrics-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+    return session_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

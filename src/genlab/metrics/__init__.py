@@ -35,7 +35,7 @@ from genlab.metrics.features import (
     make_features,
     split_tensors,
 )
-from genlab.metrics.image import MIN_SAMPLES, extract, fid_kid, image_metrics, label_accuracy, memorisation
+from genlab.metrics.image import MIN_SAMPLES, check_count, extract, fid_kid, image_metrics, label_accuracy, memorisation
 from genlab.metrics.prdc import prdc
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "ClassifierFeatures",
     "InceptionFeatures",
     "SampleMetrics",
+    "check_count",
     "classifier_features",
     "digits_features",
     "extract",

@@ -46,8 +46,9 @@ class SampleMetrics(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.every_n_epochs is None:
             return
-        datamodule = trainer.datamodule
-        if not hasattr(pl_module, "sample") or not hasattr(datamodule, "splits"):
+        from genlab.data.images import ImageDataModule
+
+        if not hasattr(pl_module, "sample") or not isinstance(trainer.datamodule, ImageDataModule):
             raise ConfigError(
                 "callbacks.sample_metrics: FID needs an image family and image data; set "
                 "callbacks.sample_metrics.every_n_epochs=null for this model"

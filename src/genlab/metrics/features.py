@@ -138,8 +138,11 @@ def train_classifier(net: ConvClassifier, images: torch.Tensor, labels: torch.Te
     without them), seeded: the same data give the same classifier."""
     recipe = CLASSIFIER_RECIPE
     generator = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):  # dropout draws; the caller's RNG is left as it was
-        torch.manual_seed(0)
+    # Called from a validation hook (SampleMetrics) it would run under Lightning's inference mode:
+    # leave it, and copy the images out of it, so autograd works.
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+        images, labels = images.clone(), labels.clone()
+        torch.manual_seed(0)  # dropout draws; the caller's RNG is left as it was
         optimizer = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
         steps = recipe["epochs"] * -(-len(images) // recipe["batch_size"])
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
