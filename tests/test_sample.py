@@ -89,3 +89,20 @@ def test_bad_input_is_one_line(vae_run: Path, tmp_path: Path, capsys, argv: list
     assert main([a.format(run=vae_run, tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_text_family_writes_text_with_prompt_and_temperature(tmp_path: Path) -> None:
+    from genlab.config import compose
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. a dog ran to the sun.\n" * 200, encoding="utf-8")
+    tiny = ("model.net.n_layer=1", "model.net.n_head=2", "model.net.n_embd=32", "data.block_size=16")
+    argv = ["model=gpt", f"data.path={corpus}", *tiny, "trainer=debug", "trainer.max_steps=2", "run_name=g"]
+    train(compose([f"log_dir={tmp_path}", "callbacks.progress.refresh_rate=0", *argv]))
+    run = tmp_path / "gpt" / "g"
+    args = [str(run), "n=3", "prompt=the ", "temperature=0.5", "length=10", f"out={tmp_path / 's'}"]
+    assert main(args) == 0 and main([*args[:-1], f"out={tmp_path / 't'}"]) == 0
+    text = (tmp_path / "s" / "sample-n3-seed0-temperature0.5.txt").read_text()
+    assert text == (tmp_path / "t" / "sample-n3-seed0-temperature0.5.txt").read_text()  # seeded
+    assert text.count("the ") >= 3 and text.count("----------") == 2
+    assert main([str(run), "n=2", "steps=5"]) == 2  # a GPT's sample() takes no steps
