@@ -4,9 +4,11 @@ import os
 import random
 import re
 import signal
+import time
 
 import pytest
 import torch
+from conftest import read_metrics
 
 import genlab
 from genlab.config import compose
@@ -184,3 +186,30 @@ def test_a_signal_mid_epoch_then_resume_equals_an_unbroken_run(tmp_path, monkeyp
     assert resumed["global_step"] == unbroken["global_step"] == 30
     for key, value in unbroken["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_logged_rate_and_throughput_are_the_training_steps_own(tmp_path, monkeypatch):
+    """train/lr is the rate the logged step's update used (not the next one), and tokens/s leaves
+    out validation time (made slow here): otherwise intervals with a validation read far lower."""
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus)
+    original = GPTModule.validation_step
+
+    def slow_validation(self, batch, batch_idx):
+        time.sleep(0.2)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(GPTModule, "validation_step", slow_validation)
+    argv = tiny_run_argv(tmp_path, corpus, "model.net.n_layer=1", "model.warmup_steps=4", "model.lr_decay_steps=12")
+    argv += ["trainer.max_steps=12", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
+    argv += ["trainer.log_every_n_steps=2", "callbacks.samples.every_n_epochs=100", "model.sample_length=4"]
+    train(compose(argv))
+    rows = read_metrics(tmp_path / "gpt" / "tiny")
+    rates = [float(r["train/tokens_per_sec"]) for r in rows if r.get("train/tokens_per_sec")]
+    assert len(rates) >= 4 and min(rates) > 0.3 * max(rates)  # each validation: 0.4 s, ~40 training steps' time
+    lr = {int(r["step"]): float(r["train/lr"]) for r in rows if r.get("train/lr")}
+    assert len(lr) >= 4
+    for step, value in lr.items():  # logged beside the loss of step `step`, whose update used schedule(step)
+        assert value == pytest.approx(3e-3 * warmup_cosine(step, warmup_steps=4, decay_steps=12, min_ratio=0.1))
+
+    train(compose([*argv, "run_name=silent", "trainer.log_every_n_steps=0", "trainer.max_steps=4"]))  # no logging
