@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +62,8 @@ def prepare_run(cfg: DictConfig) -> Run:
         cfg.run_dir = str(run.dir)
     _save_config(cfg, run.dir)
     if run.resume_from:
+        if run.resume_from.is_file():
+            read_checkpoint(run.resume_from, mmap=True)  # a bad file fails here in one line, not in Lightning
         rank_zero_info(f"Resuming {run.dir} from {run.resume_from}")
     else:
         rank_zero_info(f"Run folder: {run.dir}")
@@ -188,9 +191,10 @@ def _save_config(cfg: DictConfig, run_dir: Path) -> None:
     path.write_text(text)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint file or sharded folder as one dict on the CPU, unpickled safely (`weights_only`:
-    tensors and plain containers only, never code); a clear error for anything else."""
+    tensors and plain containers only, never code); a clear error for anything else. `mmap`: map
+    the tensors instead of reading them (a cheap check that a file loads)."""
     path = Path(path)
     if not is_checkpoint(path):
         raise ConfigError(f"no checkpoint at '{path}'")
@@ -199,7 +203,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             checkpoint = _load_distributed_checkpoint(path)
             checkpoint["state_dict"] = checkpoint.pop("model")
             return checkpoint
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if mmap and not zipfile.is_zipfile(path):  # what torch.save writes; anything else is not a checkpoint
+            raise pickle.UnpicklingError("not a zip archive")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         unsafe = re.search(r"unsupported GLOBAL (\S+)", str(err))
         if unsafe is None:
