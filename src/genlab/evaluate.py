@@ -50,7 +50,7 @@ NOTES = {
     "recon": "reconstruction -log p(x|z), nats per image",
     "kl": "KL(q(z|x) || p(z)), nats per image",
     "fid": "Frechet distance of the features to the training images (lower is better)",
-    "kid": "kernel distance (unbiased, can be < 0; kid_std over 100 subsets)",
+    "kid": "kernel distance (unbiased, can be < 0; kid_std over 10 subsets)",
     "precision": "fraction of samples on the real data's manifold (fidelity)",
     "recall": "fraction of real images on the samples' manifold (diversity)",
     "density": "precision counting overlaps (about 1 for real data, unbounded)",
