@@ -1,6 +1,7 @@
 """Plain `nn.Module`s: no training logic, no Lightning."""
 
+from genlab.nets.classifier import ConvClassifier
 from genlab.nets.conv import ConvDecoder, ConvEncoder
 from genlab.nets.unet import UNet
 
-__all__ = ["ConvDecoder", "ConvEncoder", "UNet"]
+__all__ = ["ConvClassifier", "ConvDecoder", "ConvEncoder", "UNet"]
