@@ -163,3 +163,8 @@ def test_resumed_run_restores_ema_exactly(make_config, log_dir) -> None:
     assert ema_keys and int(resumed["ema.num_updates"]) == 8
     for key in ema_keys:
         torch.testing.assert_close(resumed[key], unbroken[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_a_folder_without_a_class_count_asks_for_one() -> None:
+    with pytest.raises(ConfigError, match=r"model\.net\.conditioning\.num_classes' = None"):  # checked by instantiate
+        _model("diffusion", "data=image_folder", "data.path=/tmp")

@@ -66,7 +66,9 @@ class DiffusionModule(L.LightningModule):
         if guidance == 1.0:
             return
         if self.conditioning is None:
-            raise ConfigError(f"{key}={guidance}: guidance needs a conditional model (model.net.conditioning is null)")
+            raise ConfigError(
+                f"{key}={guidance}: guidance needs a conditional model (model.net.conditioning is null): set it to 1.0"
+            )
         if getattr(self.conditioning, "drop_prob", 0) <= 0:
             raise ConfigError(
                 f"{key}={guidance}: the model was trained without label dropout "
