@@ -81,6 +81,8 @@ def test_export_one_folder_per_class(tmp_path: Path) -> None:
         (["{run}", "n=abc"], "n: expected int, got 'abc'"),
         (["{run}", "colour=red"], "unknown option 'colour'"),
         (["{run}", "prompt=hi"], "prompt: the vae family has no generate()"),
+        (["{run}", "temperature=0.5"], "temperature: the vae family's sample() does not take it"),
+        (["{run}", "n=0"], "n: the number of samples must be at least 1"),
         (["{tmp}/nothing"], "run: no checkpoint at"),
         (["{run}", "export={run}"], "is not empty"),
     ],
