@@ -58,7 +58,8 @@ def test_loss_curve_matches_the_golden_file(family: str, make_config, log_dir: P
     path = ASSETS / f"{family}.json"
     if os.environ.get("GENLAB_UPDATE_GOLDEN"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"overrides": [o for o in overrides if not o.startswith("data.path")], "train/loss": losses}, indent=1) + "\n")
+        recorded = [o for o in overrides if not o.startswith("data.path")]  # a temporary file's path
+        path.write_text(json.dumps({"overrides": recorded, "train/loss": losses}, indent=1) + "\n")
     golden = json.loads(path.read_text())["train/loss"]
     assert len(losses) == len(golden), f"{family}: {len(losses)} logged steps, the golden file has {len(golden)}"
     assert losses == pytest.approx(golden, rel=RTOL), f"{family}'s loss curve moved; see {path}"
