@@ -38,13 +38,14 @@ class VAEModule(L.LightningModule):
         parameters; `optimizer` is a partial node taking the parameters."""
         super().__init__()
         self.save_hyperparameters()
-        self.encoder, self.decoder = instantiate(encoder), instantiate(decoder)
+        self.encoder = instantiate(encoder, "model.encoder")
+        self.decoder = instantiate(decoder, "model.decoder")
         self.likelihood = make_likelihood(
             likelihood, **({"sigma": sigma} if likelihood == "discretized_gaussian" else {})
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return instantiate(self.hparams.optimizer)(self.parameters())
+        return instantiate(self.hparams.optimizer, "model.optimizer")(self.parameters())
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) as (mean, log-variance), each `(B, latent_dim)`."""
