@@ -1,5 +1,6 @@
 """Plain `nn.Module`s: no training logic, no Lightning."""
 
 from genlab.nets.conv import ConvDecoder, ConvEncoder
+from genlab.nets.flow import Glow
 
-__all__ = ["ConvDecoder", "ConvEncoder"]
+__all__ = ["ConvDecoder", "ConvEncoder", "Glow"]
