@@ -10,6 +10,7 @@ val/bpd (configs/model/flow.yaml).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -56,13 +57,15 @@ class FlowModule(L.LightningModule):
         (1 draw: the usual dequantized bound; more: tighter, exact as samples -> infinity)."""
         dims = x[0].numel()
         log_p = torch.stack([self.flow.log_prob(dequantize(x, self.hparams.levels)) for _ in range(samples)])
-        log_mean = torch.logsumexp(log_p, 0) - torch.log(torch.tensor(float(samples)))
+        log_mean = torch.logsumexp(log_p, 0) - math.log(samples)
         return -dequantized_nll(log_mean, dims, self.hparams.levels)
 
     def bpd(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Per-image bits/dim `(B,)` with one dequantization draw (`noise` in [0, 1), else random)."""
         y = dequantize(x, self.hparams.levels, noise)
-        nll = dequantized_nll(self.flow.log_prob(y).float(), x[0].numel(), self.hparams.levels)
+        log_p = self.flow.log_prob(y)
+        log_p = log_p.to(torch.promote_types(log_p.dtype, torch.float32))  # fp32 at least under bf16 autocast
+        nll = dequantized_nll(log_p, x[0].numel(), self.hparams.levels)
         return bits_per_dim(nll, x[0].numel())
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
