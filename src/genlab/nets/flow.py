@@ -128,9 +128,10 @@ class InvConv1x1(nn.Module):
 
 
 class AffineCoupling(nn.Module):
-    """y_b = (x_b + t(x_a)) * sigmoid(s(x_a) + 2), y_a = x_a (Glow sec. 3.3, the scale as in the
-    official code): the scale stays in (0, 1), starts near 0.88, and cannot blow up as exp(s) can.
-    The last convolution starts at zero, so every coupling starts near the identity."""
+    """y_b = (x_b + t(x_a)) * scale, scale = sigmoid(s(x_a) + 2), y_a = x_a (Glow sec. 3.3, the scale as
+    in the official code): it starts near 0.88 and cannot blow up as exp(s) can. It is kept in
+    [1e-4, 1) so the inverse divides by at most 1e4: an unlucky latent at temperature 1 then gives an
+    odd sample, never inf/NaN. The last convolution starts at zero: every coupling starts near the identity."""
 
     def __init__(self, channels: int, hidden_channels: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -148,18 +149,17 @@ class AffineCoupling(nn.Module):
 
     def _shift_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.net(x_a)
-        return h[:, 0::2], h[:, 1::2] + 2  # shift, pre-sigmoid log scale
+        return h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2) * (1 - 1e-4) + 1e-4  # shift, scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
-        shift, s = self._shift_scale(x_a)
-        y_b = (x_b + shift) * torch.sigmoid(s)
-        return torch.cat([x_a, y_b], 1), F.logsigmoid(s).flatten(1).sum(1)
+        shift, scale = self._shift_scale(x_a)
+        return torch.cat([x_a, (x_b + shift) * scale], 1), scale.log().flatten(1).sum(1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         y_a, y_b = y[:, : self.split], y[:, self.split :]
-        shift, s = self._shift_scale(y_a)
-        return torch.cat([y_a, y_b / torch.sigmoid(s) - shift], 1)
+        shift, scale = self._shift_scale(y_a)
+        return torch.cat([y_a, y_b / scale - shift], 1)
 
 
 class FlowStep(nn.Sequential):
@@ -196,12 +196,16 @@ class SplitPrior(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (kept h, standardised z, log_det `(B,)`)."""
         h, z = x[:, : self.keep], x[:, self.keep :]
-        mean, log_std = self.conv(h).chunk(2, 1)
+        mean, log_std = self._mean_log_std(h)
         return h, (z - mean) * (-log_std).exp(), -log_std.flatten(1).sum(1)
 
     def inverse(self, h: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        mean, log_std = self.conv(h).chunk(2, 1)
+        mean, log_std = self._mean_log_std(h)
         return torch.cat([h, mean + eps * log_std.exp()], 1)
+
+    def _mean_log_std(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.conv(h).chunk(2, 1)
+        return mean, log_std.clamp(-9, 9)  # std within [1e-4, 1e4], both ways: no overflow when sampling
 
 
 class Glow(nn.Module):
