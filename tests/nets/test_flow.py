@@ -9,7 +9,9 @@ from genlab.nets.flow import ActNorm, Glow, squeeze, unsqueeze
 
 def _glow(**kwargs) -> Glow:
     torch.manual_seed(0)
-    return Glow(**{"in_channels": 1, "image_size": 4, "num_levels": 2, "steps_per_level": 2, "hidden_channels": 8, **kwargs})
+    return Glow(
+        **{"in_channels": 1, "image_size": 4, "num_levels": 2, "steps_per_level": 2, "hidden_channels": 8, **kwargs}
+    )
 
 
 def _trained_like(flow: Glow, size: int = 4) -> Glow:

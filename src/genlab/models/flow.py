@@ -23,7 +23,9 @@ from genlab.models.likelihoods import bits_per_dim, dequantize, dequantized_nll,
 
 def check_temperature(temperature: float, key: str = "temperature") -> None:
     if not temperature > 0:
-        raise ConfigError(f"{key} must be > 0 (1 samples the model itself, < 1 sharper, less varied), got {temperature}")
+        raise ConfigError(
+            f"{key} must be > 0 (1 samples the model itself, < 1 sharper, less varied), got {temperature}"
+        )
 
 
 class FlowModule(L.LightningModule):
@@ -79,7 +81,9 @@ class FlowModule(L.LightningModule):
         generator = torch.Generator(device=x.device).manual_seed(batch_idx)
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         bpd = self.bpd(x, noise).mean()
-        self.log_dict({f"{split}/loss": bpd, f"{split}/bpd": bpd}, prog_bar=split == "val", sync_dist=True, batch_size=len(x))
+        self.log_dict(
+            {f"{split}/loss": bpd, f"{split}/bpd": bpd}, prog_bar=split == "val", sync_dist=True, batch_size=len(x)
+        )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._held_out("val", batch, batch_idx)

@@ -233,7 +233,9 @@ class Glow(nn.Module):
         channels, size = in_channels, image_size
         for level in range(num_levels):
             channels, size = channels * 4, size // 2
-            self.levels.append(nn.ModuleList([FlowStep(channels, hidden_channels, dropout) for _ in range(steps_per_level)]))
+            self.levels.append(
+                nn.ModuleList([FlowStep(channels, hidden_channels, dropout) for _ in range(steps_per_level)])
+            )
             if level < num_levels - 1:
                 self.splits.append(SplitPrior(channels))
                 self.latent_shapes.append((channels // 2, size, size))
