@@ -46,7 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         config = OmegaConf.to_container(cfg, resolve=True)
         callbacks = [instantiate(node) for node in cfg.callbacks.values()]
-        callbacks.append(RunInfoInCheckpoint(config, wandb_run_id(run.dir)))
+        callbacks.append(RunInfoInCheckpoint(config, wandb_run_id(run.dir), cfg.seed))
         # Always on, whatever the callbacks group says: a preempted run must not be lost.
         callbacks.append(PreemptionCheckpoint(run.dir / "checkpoints", cfg.preempt_signal))
         loggers = [instantiate(node) for node in cfg.logger.values()]
@@ -64,7 +64,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             rank_zero_info(describe_batch(datamodule.batch_size, trainer))
         for logger in loggers:
             logger.log_hyperparams(config)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(run.resume_from) if run.resume_from else None)
+        ckpt_path = str(run.resume_from) if run.resume_from else None
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
         return {key: float(value) for key, value in trainer.callback_metrics.items()}
     finally:
         for key, value in saved_env.items():

@@ -55,10 +55,11 @@ def test_windows_samplers():
     sampler.set_epoch(1)
     assert list(sampler) != first
 
-    def keyed(step: int) -> list[list[int]]:  # under a Trainer: keyed by the step the epoch starts at
-        return list(RandomWindows(dm.splits["train"], batch_size=4, num_batches=5, seed=3, first_step=lambda: step))
+    def keyed(before: int, done: int = 0) -> list[list[int]]:  # under a Trainer: keyed by the loop's position
+        return list(RandomWindows(dm.splits["train"], 4, 5, seed=3, position=lambda: (before, done)))
 
     assert keyed(40) == keyed(40) != keyed(60)
+    assert keyed(40, done=2) == keyed(40)[2:]  # resumed mid-epoch: the rest of the same epoch
     val = dm.splits["val"]
     starts = sorted(s for batch in EvalWindows(val, batch_size=4, seed=3) for s in batch)
     assert starts == list(range(0, len(val), 16))  # non-overlapping windows covering the split

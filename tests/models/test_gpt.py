@@ -1,7 +1,9 @@
 import itertools
 import math
+import os
 import random
 import re
+import signal
 
 import pytest
 import torch
@@ -11,9 +13,10 @@ from genlab.config import compose
 from genlab.data.text import TextDataModule
 from genlab.data.tokenizers import CharTokenizer
 from genlab.errors import ConfigError, DataError
+from genlab.faults import PREEMPTED_EXIT_CODE
 from genlab.instantiate import instantiate
 from genlab.models.gpt import GPTModule, warmup_cosine
-from genlab.train import train
+from genlab.train import main, train
 
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "saw", "one", "big", "red", "dog", "run", "to", "his", "old")
 
@@ -151,3 +154,33 @@ def test_weight_decay_only_on_matrices_and_built_from_the_data():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.net.parameters()))
+
+
+def test_a_signal_mid_epoch_then_resume_equals_an_unbroken_run(tmp_path, monkeypatch):
+    """A real SIGUSR1 in the middle of an epoch: the resumed run draws the rest of that epoch's
+    windows (not a fresh stream) and its dropout continues, so the weights match an unbroken run."""
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus)
+    argv = [*tiny_run_argv(tmp_path, corpus), "model.net.n_layer=1", "model.net.dropout=0.1"]
+    argv += ["model.lr_decay_steps=30", "trainer.limit_train_batches=20", "trainer.max_steps=30"]
+    argv += ["callbacks.samples.num_samples=1", "callbacks.progress.refresh_rate=0"]
+    assert main([*argv, "run_name=unbroken"]) == 0
+
+    original = GPTModule.training_step
+
+    def preempted(self, batch, batch_idx):
+        if self.global_step == 24:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(GPTModule, "training_step", preempted)
+    assert main([*argv, "run_name=stopped", "resume=auto"]) == PREEMPTED_EXIT_CODE
+    monkeypatch.setattr(GPTModule, "training_step", original)
+    assert main([*argv, "run_name=stopped", "resume=auto"]) == 0
+    unbroken, resumed = (
+        torch.load(tmp_path / "gpt" / name / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("unbroken", "stopped")
+    )
+    assert resumed["global_step"] == unbroken["global_step"] == 30
+    for key, value in unbroken["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
