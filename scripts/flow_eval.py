@@ -29,7 +29,8 @@ from genlab.models.likelihoods import bits_per_dim, level_index
 
 
 def split_tensor(datamodule, split: str) -> torch.Tensor:
-    return torch.cat([batch[0] for batch in datamodule._loader(split, shuffle=False)])
+    part = datamodule.splits[split]
+    return part[list(range(len(part)))][0]  # in-memory image sets return a whole batch for a list of indices
 
 
 def nearest_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -83,12 +84,16 @@ def main() -> None:
         f"(5th pct {sample_nn.quantile(0.05):.2f}), real test digits median {test_nn.median():.2f} "
         f"(5th pct {test_nn.quantile(0.05):.2f}); exact copies {copies:.1%}"
     )
-    try:
-        from genlab import metrics  # the digits classifier's FID (issue "Sample, evaluate and compare")
+    try:  # the project's sample metrics: FID etc. in the digits classifier's feature space
+        from genlab.metrics import image_metrics, make_features
     except ImportError:
         print("FID: genlab.metrics is not on this branch yet")
     else:
-        print(f"genlab.metrics: {metrics.__doc__.splitlines()[0] if metrics.__doc__ else ''}")
+        scores = image_metrics(samples, train, test, features=make_features(datamodule), seed=0)
+        keys = ("fid", "kid", "precision", "recall", "density", "coverage", "nn_dist_ratio", "near_copies")
+        print(f"genlab.metrics at N={scores['n']}: " + ", ".join(f"{k} {scores[k]:.3g}" for k in keys if k in scores))
+        real = ", ".join(f"{k} {scores['real_test/' + k]:.3g}" for k in keys if f"real_test/{k}" in scores)
+        print(f"  real test digits (the floor at their N): {real}")
 
     if args.picture:
         args.picture.parent.mkdir(parents=True, exist_ok=True)
