@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 
@@ -80,3 +82,24 @@ def test_samples_have_the_image_shape_and_temperature_scales_them() -> None:
     cold = flow.sample(64, temperature=0.1)
     assert hot.shape == cold.shape == (64, 1, 8, 8)
     assert torch.logit(cold.clamp(1e-3, 1 - 1e-3)).std() < torch.logit(hot.clamp(1e-3, 1 - 1e-3)).std()
+
+
+def _init_on_rank(rank: int, port: int, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(rank)  # each rank sees its own batch, as under DDP
+    norm = ActNorm(2)
+    norm(torch.randn(8, 2, 4, 4) * (rank + 1) + rank)
+    torch.save({k: v.clone() for k, v in norm.state_dict().items()}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh processes: ~10 s idle, over a minute on a busy machine
+def test_actnorm_initialisation_is_the_same_on_every_ddp_rank(tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_init_on_rank, args=(port, str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in ("bias", "log_scale"):
+        assert torch.equal(a[key], b[key]), key
+    assert not torch.allclose(a["bias"], torch.zeros_like(a["bias"]))  # initialised from data, not left at zero
