@@ -8,9 +8,19 @@ MODEL  ?= vae
 ARGS   ?=
 COUNT  ?=
 SWEEP  ?=
+# make sample / make eval: the run (folder or .ckpt) and the sampling options they pass on when set
+RUN    ?=
+N      ?=
+SEED   ?=
+LABEL  ?=
+STEPS  ?=
+GUIDANCE ?=
+PROMPT ?=
+TEMPERATURE ?=
+EXPORT ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep agent test test-all lint format bench clean
+.PHONY: help install train sweep agent sample eval test test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +47,16 @@ sweep: install  ## W&B sweep from configs/sweep/$(MODEL).yaml plus an agent here
 agent: install  ## join a sweep from any machine: make agent SWEEP=entity/project/id [COUNT=5]
 	@test -n "$(SWEEP)" || { echo "make agent: give the sweep: SWEEP=entity/project/id (make sweep prints it)" >&2; exit 2; }
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/wandb agent $(if $(COUNT),--count $(COUNT)) $(SWEEP)
+
+sample: install  ## draw from a run: make sample RUN=logs/vae/<run> N=64 [SEED= LABEL= STEPS= GUIDANCE= PROMPT= TEMPERATURE= EXPORT=dir]
+	@test -n "$(RUN)" || { echo "make sample: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
+	$(PY) -m genlab.sample $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(if $(LABEL),label=$(LABEL)) \
+		$(if $(STEPS),steps=$(STEPS)) $(if $(GUIDANCE),guidance=$(GUIDANCE)) $(if $(TEMPERATURE),temperature=$(TEMPERATURE)) \
+		$(if $(PROMPT),"prompt=$(PROMPT)") $(if $(EXPORT),export=$(EXPORT)) $(ARGS)
+
+eval: install  ## score a run (FID/KID/PRDC, test bits/dim or loss): make eval RUN=logs/vae/<run> [N=1000 SEED=0]
+	@test -n "$(RUN)" || { echo "make eval: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
+	$(PY) -m genlab.evaluate $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(ARGS)
 
 test: install  ## run the fast test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest -q

@@ -15,6 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid, save_image
 
+from genlab.strategies import full_weights
+
 
 class SampleLogger(L.Callback):
     """Every `every_n_epochs` (and at the end of training) draws `num_samples` with a fixed seed,
@@ -43,7 +45,10 @@ class SampleLogger(L.Callback):
     def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
         was_training = pl_module.training
         pl_module.eval()
-        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+        with (
+            full_weights(trainer),  # FSDP: whole weights on every rank while sampling (every rank samples)
+            torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []),
+        ):
             torch.manual_seed(self.seed)
             samples = pl_module.sample(self.num_samples)
             recon = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import lightning as L
 import torch
@@ -26,6 +27,9 @@ from genlab.instantiate import instantiate
 from genlab.loggers import wandb_run_id
 from genlab.run import RESUME_ENV, RUN_DIR_ENV, launch_rank, prepare_run
 from genlab.strategies import check_launch, describe_batch
+
+# Our samplers resume mid-epoch exactly (genlab.data.images.EpochPosition), which Lightning cannot see.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -56,9 +58,23 @@ def url_cache_path(url: str, data_dir: str | Path) -> Path:
     return Path(data_dir) / f"{stem}-{digest}{dot}{ext}"
 
 
+def private_temp_path(path: Path) -> Path:
+    """A temporary name beside `path` that no other process uses. Lightning prepares data once per
+    node, so on shared storage several nodes write the same cache at once: each writes its own
+    file and renames it over the target (atomic; the contents are the same), instead of all
+    writing one `.part` file whose first rename leaves the others failing."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.part")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temp = private_temp_path(path)
+    temp.write_text(text, encoding="utf-8")
+    temp.replace(path)
+
+
 def download(url: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
+    partial = private_temp_path(dest)
     rank_zero_info(f"Downloading {url} to {dest}")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
@@ -98,17 +114,19 @@ def tokenize_file(source: Path, kind: TokenizerKind, bin_path: Path) -> tuple[To
         tokenizer: Tokenizer = CharTokenizer.from_code_points(points)
     else:
         tokenizer = ByteTokenizer()
-    partial = bin_path.with_name(bin_path.name + ".part")
+    partial = private_temp_path(bin_path)
     count = 0
-    with open(partial, "wb") as out:
-        for chunk in read_chunks(source):
-            ids = tokenizer.encode(chunk)
-            ids.tofile(out)
-            count += len(ids)
-    if count == 0:
-        partial.unlink()
-        raise DataError(f"'{source}' is empty: give a file with some text")
-    partial.replace(bin_path)
+    try:
+        with open(partial, "wb") as out:
+            for chunk in read_chunks(source):
+                ids = tokenizer.encode(chunk)
+                ids.tofile(out)
+                count += len(ids)
+        if count == 0:
+            raise DataError(f"'{source}' is empty: give a file with some text")
+        partial.replace(bin_path)
+    finally:
+        partial.unlink(missing_ok=True)
     return tokenizer, count
 
 
@@ -285,7 +303,7 @@ class TextDataModule(L.LightningDataModule):
                 "source_bytes": stat.st_size,
                 "source_mtime_ns": stat.st_mtime_ns,
             }
-            meta_path.write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_atomically(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")
 
     def _load(self) -> tuple[Tokenizer, np.ndarray]:
         source = self.source

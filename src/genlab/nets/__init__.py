@@ -1,6 +1,7 @@
 """Plain `nn.Module`s: no training logic, no Lightning."""
 
+from genlab.nets.classifier import ConvClassifier
 from genlab.nets.conv import ConvDecoder, ConvEncoder
 from genlab.nets.flow import Glow
 
-__all__ = ["ConvDecoder", "ConvEncoder", "Glow"]
+__all__ = ["ConvClassifier", "ConvDecoder", "ConvEncoder", "Glow"]

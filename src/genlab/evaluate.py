@@ -1,0 +1,195 @@
+"""Score a trained model: `eval.json` in its run folder and a table on the terminal.
+
+    python -m genlab.evaluate logs/vae/<run> n=1000 seed=0       # or: genlab-eval ..., make eval RUN=...
+
+Two parts, each where it applies (the family contract, nothing family-specific):
+- the family's own validation figures (`val/...`: loss, nll, bits/dim, bits/char, perplexity) computed
+  on the TEST split by running its `validation_step` there (text data has no test split: then the
+  validation text, said so);
+- for image families, `genlab.metrics.image_metrics` of `n` seeded samples against the training
+  images (FID, KID, precision/recall/density/coverage, memorisation, per-label accuracy when
+  conditional), beside the same figures for the held-out test images (`real_test/...`: the floor).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from genlab.data.images import ImageDataModule
+from genlab.errors import ConfigError, GenlabError
+from genlab.instantiate import instantiate
+from genlab.metrics import check_count, image_metrics, make_features, split_tensors
+from genlab.sample import BATCH_SIZE, class_labels, draw, is_conditional, load, num_classes
+
+OPTIONS: dict[str, tuple[type, str]] = {
+    "run": (str, "run folder (its checkpoints/last.ckpt) or a .ckpt file"),
+    "n": (int, "samples scored by the image metrics (default 1000; at least 100)"),
+    "seed": (int, "seed of the samples and of the family's stochastic figures (default 0)"),
+    "batch_size": (int, f"samples drawn at once (default {BATCH_SIZE})"),
+    "device": (str, "cpu, cuda, ... (default: cuda when available)"),
+    "feature_extractor_weights_path": (str, "Inception-v3 weights file: the standard FID features instead"),
+    "cache_dir": (str, "where the feature classifier and real features are cached (default data)"),
+    "out": (str, "the JSON file (default <run>/eval.json)"),
+}
+
+# What each figure is, for the table: which are exact, which bounds or estimates.
+NOTES = {
+    "loss": "the training objective (VAE: negative ELBO, a bound; GPT: cross-entropy, nats/token)",
+    "nll": "-log p(x) in nats per image (VAE: importance-weighted estimate, an upper bound on average)",
+    "bpd": "bits/dim from nll (exact for flows; VAE: from the importance-weighted bound)",
+    "bpc": "bits per character/byte (exact: an autoregressive likelihood)",
+    "ppl": "perplexity, exp(loss)",
+    "recon": "reconstruction -log p(x|z), nats per image",
+    "kl": "KL(q(z|x) || p(z)), nats per image",
+    "fid": "Frechet distance of the features to the training images (lower is better)",
+    "kid": "kernel distance (unbiased, can be < 0; kid_std over 10 subsets)",
+    "precision": "fraction of samples on the real data's manifold (fidelity)",
+    "recall": "fraction of real images on the samples' manifold (diversity)",
+    "density": "precision counting overlaps (about 1 for real data, unbounded)",
+    "coverage": "fraction of real images with a sample nearby (diversity)",
+    "nn_dist": "median RMS pixel distance to the nearest training image",
+    "nn_dist_ratio": "nn_dist / the same for training images (about 1: as new as real data)",
+    "near_copies": "fraction of samples nearer a training image than near_copy_threshold",
+    "accuracy": "classifier agrees with the label the sample was generated for",
+}
+
+
+class SplitAsValidation(L.LightningDataModule):
+    """A data module whose validation loader is another one's test loader: the family's own
+    `validation_step` then scores the test split. Other attributes (tokenizer, num_classes) pass through."""
+
+    def __init__(self, datamodule: L.LightningDataModule) -> None:
+        super().__init__()
+        self.datamodule = datamodule
+        has_test = type(datamodule).test_dataloader is not L.LightningDataModule.test_dataloader
+        self.split = "test" if has_test else "val"
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "datamodule":
+            raise AttributeError(name)
+        return getattr(self.datamodule, name)
+
+    def setup(self, stage: str) -> None:
+        self.datamodule.setup("fit" if self.split == "val" else stage)
+
+    def val_dataloader(self) -> Any:
+        return self.datamodule.test_dataloader() if self.split == "test" else self.datamodule.val_dataloader()
+
+
+def family_figures(
+    model: L.LightningModule, datamodule: L.LightningDataModule, config: dict[str, Any], seed: int
+) -> tuple[dict[str, float], str]:
+    """The family's `val/...` figures on the test split (or validation, for data without one), renamed
+    `<split>/...`; and the split's name."""
+    data = SplitAsValidation(datamodule)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: ..." banner
+    limit = config.get("trainer", {}).get("limit_val_batches")  # GPT: the same fixed windows as in training
+    trainer = L.Trainer(
+        accelerator=model.device.type,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=limit if limit is not None else 1.0,
+    )
+    L.seed_everything(seed, verbose=False)  # the VAE's importance samples are random
+    (logged,) = trainer.validate(model, datamodule=data, verbose=False)
+    model.eval()  # validate() leaves the module in train mode
+    return {f"{data.split}/{key.removeprefix('val/')}": float(v) for key, v in logged.items()}, data.split
+
+
+def evaluate(args: dict[str, Any]) -> dict[str, Any]:
+    """Score the run; returns what eval.json holds."""
+    n, seed = args.get("n") or 1000, args.get("seed") or 0
+    model, ckpt, config = load(args["run"], args.get("device"))
+    datamodule = instantiate(config["data"])
+    report: dict[str, Any] = {"checkpoint": str(ckpt), "model": type(model).__name__, "seed": seed}
+    metrics, split = family_figures(model, datamodule, config, seed)
+    report["split"] = split
+    if isinstance(datamodule, ImageDataModule):  # image data: score samples too
+        check_count(n, "samples (n=)")
+        cache_dir = args.get("cache_dir") or "data"
+        features = make_features(datamodule, args.get("feature_extractor_weights_path"), cache_dir)
+        features.to(model.device)
+        labels = class_labels(n, num_classes(model, config), None) if is_conditional(model) else None
+        samples = draw(model, n, seed, labels, args.get("batch_size") or BATCH_SIZE)
+        if not isinstance(samples, torch.Tensor):
+            raise ConfigError(f"{type(model).__name__}.sample() returned {type(samples).__name__}, not images")
+        real_train, real_test = split_tensors(datamodule, "train")[0], split_tensors(datamodule, "test")[0]
+        scores = image_metrics(
+            samples, real_train, real_test, labels, features=features, seed=seed, cache_dir=cache_dir
+        )
+        metrics |= scores
+        report["n"] = n
+        report["features"] = (
+            f"classifier on the training split ({features.num_features}-d, test accuracy "
+            f"{100 * features.test_accuracy:.1f}%)"
+            if hasattr(features, "test_accuracy")
+            else "Inception-v3 pool3 (2048-d)"
+        )
+    report["metrics"] = metrics
+    report["notes"] = {**NOTES, **getattr(model, "metric_notes", {})}
+    out = Path(
+        args.get("out") or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "eval.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    report["written"] = str(out)
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as aligned rows: metric, value, (held-out test images' value), what it means."""
+    metrics, notes = report["metrics"], report["notes"]
+    lines = [f"{report['model']} from {report['checkpoint']}, seed {report['seed']}"]
+    if "features" in report:
+        lines.append(f"image metrics: N={report['n']} samples vs the training split; features: {report['features']}")
+        lines.append(f"  real_test: the held-out test images ({int(metrics['real_test/n'])}) scored the same way")
+    lines.append(f"{'metric':<18} {'value':>10} {'real_test':>10}  note")
+    for key, value in metrics.items():
+        if key.startswith("real_test/") or key in ("n", "seed") or key.startswith("accuracy/"):
+            continue
+        name = key.split("/")[-1]
+        floor = metrics.get(f"real_test/{key}")
+        floor_text = f"{floor:>10.4g}" if floor is not None and math.isfinite(floor) else f"{'':>10}"
+        lines.append(f"{key:<18} {value:>10.4g} {floor_text}  {notes.get(name, '')}")
+    per_label = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
+    if per_label:
+        lines.append("per-label accuracy: " + ", ".join(f"{k.split('/')[1]}: {v:.2f}" for k, v in per_label.items()))
+    if report["split"] == "val":
+        lines.append("(this data has no test split: the family's figures are on the validation split)")
+    lines.append(f"wrote {report['written']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    from genlab.sample import parse_args as parse
+
+    return parse(argv, OPTIONS, "genlab-eval")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or {"-h", "--help"} & set(argv):
+        options = "\n".join(f"  {k:<31} {h}" for k, (_, h) in OPTIONS.items())
+        print(f"usage: genlab-eval <run folder or .ckpt> [key=value ...]\n{options}")
+        return 0 if argv else 2
+    try:
+        print(table(evaluate(parse_args(argv))))
+    except GenlabError as err:
+        print(f"genlab-eval: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

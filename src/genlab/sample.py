@@ -1,0 +1,284 @@
+"""Draw samples from a trained model: a PNG grid and the raw tensor, text for language models, or
+an image folder to train on (synthetic data).
+
+    python -m genlab.sample logs/vae/<run> n=64 seed=0           # or: genlab-sample ..., make sample RUN=...
+    python -m genlab.sample logs/vae/<run> n=1000 export=data/synthetic
+    python -m genlab.sample logs/gpt/<run> n=4 prompt="def " temperature=0.7
+
+The model is rebuilt from the checkpoint alone (`genlab.load_model`: its config travels inside it;
+EMA weights are in the state_dict of families that keep them). The same command gives the same
+samples: one seeded RNG stream, drawn in fixed batches of `batch_size`.
+
+Options reach the model only if its method takes them (the family contract):
+    images:      sample(n, labels=<(n,) int64>, steps=<int>, guidance=<float>, temperature=<float>)
+    text:        sample(n) or generate(prompt, max_new_tokens, temperature)
+anything else is a one-line error naming what the family accepts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.utils import make_grid, save_image
+
+from genlab.errors import ConfigError, GenlabError
+from genlab.run import load_model, read_checkpoint
+
+# Command-line options: type, help. The model-facing ones go to sample()/generate() by the same name
+# ("label" as `labels`, one per sample).
+OPTIONS: dict[str, tuple[type, str]] = {
+    "run": (str, "run folder (its checkpoints/last.ckpt) or a .ckpt file"),
+    "n": (int, "number of samples (default 64)"),
+    "seed": (int, "seed of the sampling RNG (default 0)"),
+    "label": (int, "conditional models: the class of every sample (default: classes in turn)"),
+    "steps": (int, "sampling steps (diffusion, flows)"),
+    "guidance": (float, "classifier-free guidance scale"),
+    "prompt": (str, "text models: the start of every sample"),
+    "temperature": (float, "sampling temperature"),
+    "length": (int, "text models: tokens to generate (default: the model's sample_length)"),
+    "export": (str, "write an image folder here (one sub-folder per class for conditional models)"),
+    "out": (str, "where the grid and raw samples go (default: <run>/samples/)"),
+    "batch_size": (int, "samples drawn at once (default 500); part of what the seed reproduces"),
+    "device": (str, "cpu, cuda, ... (default: cuda when available)"),
+}
+MODEL_OPTIONS = ("steps", "guidance", "temperature")
+BATCH_SIZE = 500
+
+
+def resolve_checkpoint(run: str | Path) -> Path:
+    """A run folder's `checkpoints/last.ckpt`, or the checkpoint itself (a file, or FSDP's folder)."""
+    path = Path(run)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        raise ConfigError(f"run: no checkpoint at '{path}' (give a run folder with checkpoints/last.ckpt or a .ckpt)")
+    return path
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run folder of `<run>/checkpoints/<file>`, else the checkpoint's own folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def checkpoint_config(path: Path) -> dict[str, Any]:
+    """The resolved run config a genlab checkpoint carries."""
+    checkpoint = read_checkpoint(path)
+    if "genlab" not in checkpoint:
+        raise ConfigError(f"{path} is not a genlab checkpoint (no 'genlab' entry with its config)")
+    return checkpoint["genlab"]["config"]
+
+
+def load(run: str | Path, device: str | None = None) -> tuple[L.LightningModule, Path, dict[str, Any]]:
+    """(model in eval mode on `device`, its checkpoint, its run config)."""
+    path = resolve_checkpoint(run)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(path, map_location=device).to(device)
+    return model, path, checkpoint_config(path)
+
+
+def num_classes(model: L.LightningModule, config: dict[str, Any]) -> int:
+    return int(model.hparams.get("num_classes") or config.get("data", {}).get("num_classes") or 0)
+
+
+def accepts(method: Any) -> set[str]:
+    return set(inspect.signature(method).parameters)
+
+
+def is_conditional(model: L.LightningModule) -> bool:
+    return "labels" in accepts(model.sample)
+
+
+def _check_options(method: Any, family: str, options: dict[str, Any]) -> None:
+    taken = accepts(method)
+    for name in options:
+        if name not in taken:
+            offered = ", ".join(p for p in taken if p != "self") or "nothing"
+            raise ConfigError(
+                f"{name}: the {family} family's {method.__name__}() does not take it (it takes: {offered})"
+            )
+
+
+@torch.no_grad()
+def draw(
+    model: L.LightningModule,
+    n: int,
+    seed: int = 0,
+    labels: torch.Tensor | None = None,
+    batch_size: int = BATCH_SIZE,
+    **options: Any,
+) -> torch.Tensor | list[str]:
+    """`n` samples from one RNG stream seeded with `seed`, `batch_size` at a time. `labels` `(n,)`
+    for conditional families; `options` (steps, guidance, temperature) only those `sample` takes."""
+    if n < 1:
+        raise ConfigError(f"n: the number of samples must be at least 1, got {n}")
+    family = type(model).__name__.removesuffix("Module").lower()
+    options = {k: v for k, v in options.items() if v is not None}
+    if labels is not None:
+        options["labels"] = labels
+    _check_options(model.sample, family, options)
+    was_training = model.training
+    model.eval()
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the caller's RNG (a training run's) is left as it was
+        torch.manual_seed(seed)
+        parts = []
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            part_options = dict(options)
+            if labels is not None:
+                part_options["labels"] = labels[start : start + size].to(model.device)
+            parts.append(model.sample(size, **part_options))
+    model.train(was_training)
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts).float().cpu()
+    return [text for part in parts for text in part]
+
+
+@torch.no_grad()
+def generate_text(model: L.LightningModule, n: int, seed: int, **options: Any) -> list[str]:
+    """`n` texts from `generate(prompt, max_new_tokens, temperature)`, one seeded stream."""
+    family = type(model).__name__.removesuffix("Module").lower()
+    if not hasattr(model, "generate"):
+        raise ConfigError(f"prompt: the {family} family has no generate(): it does not take a prompt")
+    hparams = model.hparams
+    kwargs = {
+        "prompt": options.pop("prompt", None) or hparams.get("sample_prompt", "\n"),
+        "max_new_tokens": options.pop("length", None) or hparams.get("sample_length", 256),
+    }
+    kwargs |= {k: v for k, v in options.items() if v is not None}
+    _check_options(model.generate, family, kwargs)
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return [model.generate(**kwargs) for _ in range(n)]
+
+
+def class_labels(n: int, classes: int, label: int | None) -> torch.Tensor:
+    """`label` for every sample, or the classes in turn (0, 1, ..., 0, 1, ...)."""
+    if label is not None:
+        if not 0 <= label < classes:
+            raise ConfigError(f"label: {label} is not one of this model's classes 0..{classes - 1}")
+        return torch.full((n,), label, dtype=torch.long)
+    return torch.arange(n) % classes
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    images = images.float().clamp(-1, 1)
+    if images.shape[-1] < 32:  # tiny images: enlarge with sharp pixels so the grid is legible
+        images = F.interpolate(images, scale_factor=-(-32 // images.shape[-1]), mode="nearest")
+    grid = make_grid(images, nrow=max(1, int(len(images) ** 0.5)), normalize=True, value_range=(-1, 1), pad_value=1)
+    save_image(grid, path)
+
+
+def export_folder(images: torch.Tensor, folder: Path, labels: torch.Tensor | None, classes: int) -> list[Path]:
+    """One PNG per image (8-bit, the data's size and channels), under one sub-folder per class when
+    labelled: `ImageFolderDataModule(path=folder)` reads them back (its classes sorted by folder name,
+    hence the zero padding)."""
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"export: '{folder}' is not empty; give a new folder (nothing was overwritten)")
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
+    width = len(str(max(classes - 1, 0)))
+    paths = []
+    for i, image in enumerate(pixels):
+        sub = folder / f"class_{int(labels[i]):0{width}d}" if labels is not None else folder
+        sub.mkdir(parents=True, exist_ok=True)
+        paths.append(sub / f"{i:06d}.png")
+        array = image.permute(1, 2, 0).numpy()  # (H, W, C)
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(paths[-1])  # grey stays grey (L)
+    return paths
+
+
+def parse_args(argv: list[str], options: dict[str, tuple[type, str]] = OPTIONS, command: str = "genlab-sample"):
+    """`<run> key=value ...` (or `--key=value`) into typed values; a one-line ConfigError otherwise."""
+    args: dict[str, Any] = {}
+    for token in argv:
+        key, eq, text = token.lstrip("-").partition("=")
+        if not eq:
+            if "run" in args:
+                raise ConfigError(f"cannot read argument '{token}': write key=value (keys: {', '.join(options)})")
+            key, text = "run", token
+        if key not in options:
+            raise ConfigError(f"unknown option '{key}': the options are {', '.join(options)}")
+        kind = options[key][0]
+        try:
+            args[key] = kind(text) if text != "" else None
+        except ValueError:
+            raise ConfigError(f"{key}: expected {kind.__name__}, got '{text}'") from None
+    if not args.get("run"):
+        raise ConfigError(f"give the run: {command} <run folder or .ckpt> [n=...] [seed=0] ...")
+    return args
+
+
+def sample(args: dict[str, Any]) -> list[Path]:
+    """Run the command; returns the files written."""
+    model, ckpt, config = load(args["run"], args.get("device"))
+    n, seed = args.get("n") or 64, args.get("seed") or 0
+    model_options = {k: args.get(k) for k in MODEL_OPTIONS}
+    out = Path(args.get("out") or run_dir_of(ckpt) / "samples")
+    stem = f"sample-n{n}-seed{seed}" + "".join(
+        f"-{k}{args[k]}" for k in ("label", "steps", "guidance", "temperature") if args.get(k) is not None
+    )
+    text_mode = args.get("prompt") is not None or args.get("length") is not None
+    if text_mode or (args.get("temperature") is not None and "temperature" not in accepts(model.sample)):
+        texts = generate_text(
+            model, n, seed, prompt=args.get("prompt"), length=args.get("length"), temperature=args.get("temperature")
+        )
+        return [_write_text(texts, out / f"{stem}.txt")]
+    for key in ("prompt", "length"):
+        if args.get(key) is not None:
+            raise ConfigError(f"{key}: only text families take it")
+    classes = num_classes(model, config)
+    labels = None
+    if is_conditional(model):
+        labels = class_labels(n, classes, args.get("label"))
+    elif args.get("label") is not None:
+        raise ConfigError(f"label: the {type(model).__name__} model is not conditional (its sample() takes no labels)")
+    samples = draw(model, n, seed, labels, args.get("batch_size") or BATCH_SIZE, **model_options)
+    if not isinstance(samples, torch.Tensor):
+        return [_write_text(samples, out / f"{stem}.txt")]
+    if args.get("export"):
+        return export_folder(samples, Path(args["export"]), labels, classes)
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid(samples, out / f"{stem}.png")
+    record = {"samples": samples, "labels": labels, "n": n, "seed": seed, "checkpoint": str(ckpt)}
+    torch.save(record | {k: v for k, v in model_options.items() if v is not None}, out / f"{stem}.pt")
+    return [out / f"{stem}.png", out / f"{stem}.pt"]
+
+
+def _write_text(texts: list[str], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n----------\n\n".join(texts) + "\n", encoding="utf-8")
+    return path
+
+
+def usage() -> str:
+    options = "\n".join(f"  {k:<12} {help_}" for k, (_, help_) in OPTIONS.items())
+    return f"usage: genlab-sample <run folder or .ckpt> [key=value ...]\n{__doc__.split(chr(10))[0]}\n{options}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or {"-h", "--help"} & set(argv):
+        print(usage())
+        return 0 if argv else 2
+    try:
+        args = parse_args(argv)
+        written = sample(args)
+        if args.get("export"):
+            print(f"wrote {len(written)} images under {args['export']}")
+        else:
+            print("\n".join(f"wrote {path}" for path in written))
+    except GenlabError as err:
+        print(f"genlab-sample: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
