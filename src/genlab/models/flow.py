@@ -29,6 +29,12 @@ def check_temperature(temperature: float, key: str = "temperature") -> None:
 
 
 class FlowModule(L.LightningModule):
+    # What genlab.evaluate's table says about this family's figures.
+    metric_notes = {
+        "bpd": "bits/dim on the data's levels, one uniform dequantization draw: an upper bound on -log2 P(x) / dims",
+        "loss": "the same as bpd (the training objective)",
+    }
+
     def __init__(
         self,
         flow: dict[str, Any],
