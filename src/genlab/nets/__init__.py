@@ -2,5 +2,6 @@
 
 from genlab.nets.classifier import ConvClassifier
 from genlab.nets.conv import ConvDecoder, ConvEncoder
+from genlab.nets.flow import Glow
 
-__all__ = ["ConvClassifier", "ConvDecoder", "ConvEncoder"]
+__all__ = ["ConvClassifier", "ConvDecoder", "ConvEncoder", "Glow"]
