@@ -227,3 +227,13 @@ def test_seed_null_chooses_a_seed_that_is_logged_and_kept(monkeypatch, caplog) -
     monkeypatch.setenv("WORLD_SIZE", "2")  # started separately: no way to agree
     with pytest.raises(ConfigError, match="give every process the same seed"):
         compose(["model=vae", "seed=null"])
+
+
+@pytest.mark.parametrize("size", [0, -4])
+def test_a_batch_size_below_one_is_one_line(size: int, tmp_path, capsys) -> None:
+    from genlab.train import main
+
+    assert main(["model=vae", "trainer=debug", f"log_dir={tmp_path}", f"data.batch_size={size}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"genlab: error: data.batch_size must be at least 1 (images per device and step), got {size}"
+    )

@@ -186,6 +186,10 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.channels must be 1 or 3, got {channels}")
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ConfigError("data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1 (images per device and step), got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
         self.image_size, self.channels, self.num_classes = image_size, channels, num_classes
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
