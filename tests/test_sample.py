@@ -45,6 +45,8 @@ def test_same_command_same_samples_other_seed_other_samples(vae_run: Path, tmp_p
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (8, 1, 8, 8) and a.min() >= -1 and a.max() <= 1
     assert "wrote" in capsys.readouterr().out
+    (best,) = (vae_run / "checkpoints").glob("best-*.ckpt")  # best-epoch=000-step=5.ckpt: '=' in the name
+    assert main([str(best), "n=8", f"out={tmp_path / 'best'}"]) == 0
 
 
 def test_export_reloads_through_the_image_folder_module(vae_run: Path, tmp_path: Path) -> None:

@@ -199,6 +199,8 @@ def parse_args(argv: list[str], options: dict[str, tuple[type, str]] = OPTIONS, 
     args: dict[str, Any] = {}
     for token in argv:
         key, eq, text = token.lstrip("-").partition("=")
+        if eq and "run" not in args and Path(token).exists():  # a checkpoint named best-epoch=012-step=...ckpt
+            key, eq, text = "run", "", token
         if not eq:
             if "run" in args:
                 raise ConfigError(f"cannot read argument '{token}': write key=value (keys: {', '.join(options)})")
