@@ -18,9 +18,10 @@ GUIDANCE ?=
 PROMPT ?=
 TEMPERATURE ?=
 EXPORT ?=
+QUICK  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep agent sample eval test test-all lint format bench clean
+.PHONY: help install train sweep agent sample eval results test test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +58,9 @@ sample: install  ## draw from a run: make sample RUN=logs/vae/<run> N=64 [SEED= 
 eval: install  ## score a run (FID/KID/PRDC, test bits/dim or loss): make eval RUN=logs/vae/<run> [N=1000 SEED=0]
 	@test -n "$(RUN)" || { echo "make eval: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
 	$(PY) -m genlab.evaluate $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(ARGS)
+
+results: install  ## train + evaluate every family, write docs/results.md (~40 min on 2 cores); QUICK=1: a smoke run
+	$(PY) -m genlab.results $(if $(QUICK),--quick) $(ARGS)
 
 test: install  ## run the fast test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest -q

@@ -194,3 +194,46 @@ def test_a_target_whose_dependency_is_missing_says_so(tmp_path: Path, monkeypatc
         compose(["model=vae", "model.optimizer._target_=needs_dep.Optimizer"])
     with pytest.raises(ConfigError, match="cannot import 'genlab.nets.NoSuchNet'; check the spelling"):
         compose(["model=vae", "model.encoder._target_=genlab.nets.NoSuchNet"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trainer.accelerator=gpu"], "'trainer': Trainer could not be built: MisconfigurationException"),
+        (["model.encoder.hidden_channels=[]"], "'model.encoder': ConvEncoder could not be built: IndexError"),
+        (["model.optimizer.lr=-1"], "'model.optimizer': Adam could not be built: ValueError: Invalid learning rate"),
+    ],
+)
+def test_an_object_refusing_its_config_is_one_line_naming_its_key(argv, message, tmp_path, capsys) -> None:
+    from genlab.train import main
+
+    if "gpu" in argv[0] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = ["model=vae", "trainer=debug", f"log_dir={tmp_path}", "callbacks.progress.refresh_rate=0", *argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"genlab: error: {message}") and not any("Traceback" in line for line in err)
+
+
+def test_seed_null_chooses_a_seed_that_is_logged_and_kept(monkeypatch, caplog) -> None:
+    monkeypatch.delenv("GENLAB_SEED", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = compose(["model=vae", "seed=null"])
+    assert isinstance(cfg.seed, int) and cfg.data.seed == cfg.seed  # everything seeded follows it
+    assert f"chose seed={cfg.seed}" in caplog.text
+    monkeypatch.setenv("GENLAB_SEED", str(cfg.seed))  # what train() exports for the ranks it starts
+    assert compose(["model=vae", "seed=null"]).seed == cfg.seed
+    monkeypatch.delenv("GENLAB_SEED")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # started separately: no way to agree
+    with pytest.raises(ConfigError, match="give every process the same seed"):
+        compose(["model=vae", "seed=null"])
+
+
+@pytest.mark.parametrize("size", [0, -4])
+def test_a_batch_size_below_one_is_one_line(size: int, tmp_path, capsys) -> None:
+    from genlab.train import main
+
+    assert main(["model=vae", "trainer=debug", f"log_dir={tmp_path}", f"data.batch_size={size}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"genlab: error: data.batch_size must be at least 1 (images per device and step), got {size}"
+    )

@@ -45,6 +45,8 @@ def test_same_command_same_samples_other_seed_other_samples(vae_run: Path, tmp_p
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (8, 1, 8, 8) and a.min() >= -1 and a.max() <= 1
     assert "wrote" in capsys.readouterr().out
+    (best,) = (vae_run / "checkpoints").glob("best-*.ckpt")  # best-epoch=000-step=5.ckpt: '=' in the name
+    assert main([str(best), "n=8", f"out={tmp_path / 'best'}"]) == 0
 
 
 def test_export_reloads_through_the_image_folder_module(vae_run: Path, tmp_path: Path) -> None:
@@ -81,6 +83,8 @@ def test_export_one_folder_per_class(tmp_path: Path) -> None:
         (["{run}", "n=abc"], "n: expected int, got 'abc'"),
         (["{run}", "colour=red"], "unknown option 'colour'"),
         (["{run}", "prompt=hi"], "prompt: the vae family has no generate()"),
+        (["{run}", "temperature=0.5"], "temperature: the vae family's sample() does not take it"),
+        (["{run}", "n=0"], "n: the number of samples must be at least 1"),
         (["{tmp}/nothing"], "run: no checkpoint at"),
         (["{run}", "export={run}"], "is not empty"),
     ],

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,8 @@ def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConf
     for override in overrides:
         set_key(cfg, override[0], override[1], override.text)
     _drop_bodiless_nodes(cfg)
+    if cfg.get("seed", 0) is None:
+        cfg["seed"] = choose_seed()
 
     conf = OmegaConf.create(cfg)
     # run_dir is decided at start-up (genlab.run); a stand-in lets everything else resolve now.
@@ -206,6 +209,25 @@ def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConf
     validate(resolved)
     OmegaConf.set_struct(conf, True)
     return conf
+
+
+SEED_ENV = "GENLAB_SEED"  # the seed the launching process chose for seed=null, read by the ranks it starts
+
+
+def choose_seed() -> int:
+    """`seed: null`: a fresh random seed, logged and saved with the run (config.yaml) so the run can
+    be repeated. The DDP ranks Lightning starts take the launching process's choice (`train` exports
+    it); processes started separately (torchrun, srun) could not agree, so they must be given one."""
+    if os.environ.get(SEED_ENV):
+        return int(os.environ[SEED_ENV])
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        raise ConfigError(
+            "seed=null: processes started separately (torchrun, srun) cannot agree on a random seed; "
+            "give every process the same seed=<n>"
+        )
+    seed = secrets.randbelow(2**31)
+    log.warning("seed=null: chose seed=%d (saved in the run's config.yaml; seed=%d repeats the run)", seed, seed)
+    return seed
 
 
 def _load_choices(group: str, choice: Any, root: Path) -> dict[str, Any]:

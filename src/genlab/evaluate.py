@@ -109,7 +109,8 @@ def family_figures(
 
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     """Score the run; returns what eval.json holds."""
-    n, seed = args.get("n") or 1000, args.get("seed") or 0
+    n = 1000 if args.get("n") is None else args["n"]
+    seed = 0 if args.get("seed") is None else args["seed"]
     model, ckpt, config = load(args["run"], args.get("device"))
     datamodule = instantiate(config["data"])
     report: dict[str, Any] = {"checkpoint": str(ckpt), "model": type(model).__name__, "seed": seed}

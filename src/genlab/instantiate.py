@@ -17,13 +17,14 @@ import difflib
 import functools
 import importlib
 import inspect
+import os
 import types
 import typing
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, GenlabError
 
 SPECIAL_KEYS = ("_target_", "_partial_", "_recursive_")
 
@@ -51,25 +52,57 @@ def locate(path: str) -> Any:
     raise ConfigError(f"_target_: cannot import '{path}'; check the spelling of the module and class")
 
 
-def instantiate(node: Any, **kwargs: Any) -> Any:
-    """Build the object a node describes; `kwargs` are runtime arguments (callbacks, loggers)."""
+def instantiate(node: Any, config_key: str = "", **kwargs: Any) -> Any:
+    """Build the object a node describes; `kwargs` are runtime arguments (callbacks, loggers).
+
+    A constructor that refuses its arguments (a library's ValueError, Lightning's "no GPU here")
+    becomes one ConfigError naming `config_key` (the node's place in the config, e.g. "trainer") and
+    the reason, instead of a traceback; GENLAB_TRACEBACK=1 lets the original error through.
+    """
     if isinstance(node, DictConfig | ListConfig):
         node = OmegaConf.to_container(node, resolve=True)
-    return _build(node, kwargs)
+    return _build(node, config_key, kwargs)
 
 
-def _build(node: Any, extra: dict[str, Any] | None = None) -> Any:
+def _build(node: Any, where: str, extra: dict[str, Any] | None = None) -> Any:
     if isinstance(node, dict):
         if "_target_" not in node:
-            return {key: _build(value) for key, value in node.items()}
+            return {key: _build(value, _join(where, key)) for key, value in node.items()}
         recursive = node.get("_recursive_", True)
-        args = {key: _build(value) if recursive else value for key, value in node.items() if key not in SPECIAL_KEYS}
+        args = {
+            key: _build(value, _join(where, key)) if recursive else value
+            for key, value in node.items()
+            if key not in SPECIAL_KEYS
+        }
         args.update(extra or {})
         target = locate(node["_target_"])
-        return functools.partial(target, **args) if node.get("_partial_") else target(**args)
+        name = node["_target_"].rsplit(".", 1)[-1]
+        if node.get("_partial_"):  # finished later (an optimizer given its parameters): errors named then
+            return functools.partial(_call, target, where or name, name, **args)
+        return _call(target, where or name, name, **args)
     if isinstance(node, list):
-        return [_build(value) for value in node]
+        return [_build(value, f"{where}[{i}]") for i, value in enumerate(node)]
     return node
+
+
+def _call(target: Any, where: str, name: str, /, *args: Any, **kwargs: Any) -> Any:
+    """`target(*args, **kwargs)`, its failure a one-line ConfigError naming `where` (positional-only
+    parameters: a constructor may itself take `name` or `target`)."""
+    try:
+        return target(*args, **kwargs)
+    except GenlabError:
+        raise
+    except Exception as err:
+        if os.environ.get("GENLAB_TRACEBACK"):
+            raise
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(
+            f"'{where}': {name} could not be built: {type(err).__name__}: {reason} (GENLAB_TRACEBACK=1 shows where)"
+        ) from err
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _signatures(target: Any) -> list[Any]:

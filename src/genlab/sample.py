@@ -199,6 +199,8 @@ def parse_args(argv: list[str], options: dict[str, tuple[type, str]] = OPTIONS, 
     args: dict[str, Any] = {}
     for token in argv:
         key, eq, text = token.lstrip("-").partition("=")
+        if eq and "run" not in args and Path(token).exists():  # a checkpoint named best-epoch=012-step=...ckpt
+            key, eq, text = "run", "", token
         if not eq:
             if "run" in args:
                 raise ConfigError(f"cannot read argument '{token}': write key=value (keys: {', '.join(options)})")
@@ -218,14 +220,19 @@ def parse_args(argv: list[str], options: dict[str, tuple[type, str]] = OPTIONS, 
 def sample(args: dict[str, Any]) -> list[Path]:
     """Run the command; returns the files written."""
     model, ckpt, config = load(args["run"], args.get("device"))
-    n, seed = args.get("n") or 64, args.get("seed") or 0
+    n, seed = _given(args, "n", 64), _given(args, "seed", 0)
     model_options = {k: args.get(k) for k in MODEL_OPTIONS}
     out = Path(args.get("out") or run_dir_of(ckpt) / "samples")
     stem = f"sample-n{n}-seed{seed}" + "".join(
         f"-{k}{args[k]}" for k in ("label", "steps", "guidance", "temperature") if args.get(k) is not None
     )
     text_mode = args.get("prompt") is not None or args.get("length") is not None
-    if text_mode or (args.get("temperature") is not None and "temperature" not in accepts(model.sample)):
+    temperature_for_generate = (
+        args.get("temperature") is not None
+        and "temperature" not in accepts(model.sample)
+        and hasattr(model, "generate")
+    )
+    if text_mode or temperature_for_generate:
         texts = generate_text(
             model, n, seed, prompt=args.get("prompt"), length=args.get("length"), temperature=args.get("temperature")
         )
@@ -249,6 +256,10 @@ def sample(args: dict[str, Any]) -> list[Path]:
     record = {"samples": samples, "labels": labels, "n": n, "seed": seed, "checkpoint": str(ckpt)}
     torch.save(record | {k: v for k, v in model_options.items() if v is not None}, out / f"{stem}.pt")
     return [out / f"{stem}.png", out / f"{stem}.pt"]
+
+
+def _given(args: dict[str, Any], key: str, default: Any) -> Any:
+    return default if args.get(key) is None else args[key]
 
 
 def _write_text(texts: list[str], path: Path) -> Path:

@@ -9,9 +9,11 @@ loggers and Trainer from the config and fits.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.callbacks import RunInfoInCheckpoint
-from genlab.config import EXPERIMENT, GROUPS, choices_of, compose, to_yaml
+from genlab.config import EXPERIMENT, GROUPS, SEED_ENV, choices_of, compose, to_yaml
 from genlab.errors import GenlabError
 from genlab.faults import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, slurm_environment
 from genlab.instantiate import instantiate
@@ -28,37 +30,50 @@ from genlab.loggers import wandb_run_id
 from genlab.run import RESUME_ENV, RUN_DIR_ENV, launch_rank, prepare_run
 from genlab.strategies import check_launch, describe_batch
 
+
+class _NoAdverts(logging.Filter):
+    """Lightning's "Tip: ... litlogger / litmodels" lines, printed on every run: not our users' business."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 # Our samplers resume mid-epoch exactly (genlab.data.images.EpochPosition), which Lightning cannot see.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# Lightning 2.6 with torch >= 2.10 warns on every run about its own use of a torch API.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; returns the final logged metrics."""
-    saved_env = {key: os.environ.get(key) for key in (RUN_DIR_ENV, RESUME_ENV)}
+    saved_env = {key: os.environ.get(key) for key in (RUN_DIR_ENV, RESUME_ENV, SEED_ENV)}
     try:
+        os.environ[SEED_ENV] = str(cfg.seed)  # the DDP ranks Lightning starts compose with it (seed=null)
         rank_zero_only.rank = launch_rank()  # only rank zero writes, also before the Trainer knows the rank
         check_launch(cfg.trainer.num_nodes)
         run = prepare_run(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
-        datamodule = instantiate(cfg.data)
-        model = instantiate(cfg.model)
+        datamodule = instantiate(cfg.data, "data")
+        model = instantiate(cfg.model, "model")
         if cfg.compile:  # in place: state_dict keys stay free of `_orig_mod.` (pytorch-lightning#17415)
             for net in model.children():
                 net.compile()
 
         config = OmegaConf.to_container(cfg, resolve=True)
-        callbacks = [instantiate(node) for node in cfg.callbacks.values()]
+        callbacks = [instantiate(node, f"callbacks.{name}") for name, node in cfg.callbacks.items()]
         callbacks.append(RunInfoInCheckpoint(config, wandb_run_id(run.dir), cfg.seed))
         # Always on, whatever the callbacks group says: a preempted run must not be lost.
         callbacks.append(PreemptionCheckpoint(run.dir / "checkpoints", cfg.preempt_signal))
-        loggers = [instantiate(node) for node in cfg.logger.values()]
+        loggers = [instantiate(node, f"logger.{name}") for name, node in cfg.logger.items()]
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         plugins = trainer_cfg.pop("plugins", None) or []
-        plugins = instantiate(plugins if isinstance(plugins, list) else [plugins])
+        plugins = instantiate(plugins if isinstance(plugins, list) else [plugins], "trainer.plugins")
         trainer: L.Trainer = instantiate(
             trainer_cfg,
+            "trainer",
             callbacks=callbacks,
             logger=loggers or False,
             default_root_dir=str(run.dir),
@@ -70,6 +85,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(config)
         ckpt_path = str(run.resume_from) if run.resume_from else None
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
+        if not trainer.interrupted:
+            rank_zero_info(run_summary(trainer, cfg, run.dir))
         return {key: float(value) for key, value in trainer.callback_metrics.items()}
     finally:
         for key, value in saved_env.items():
@@ -77,6 +94,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def run_summary(trainer: L.Trainer, cfg: DictConfig, run_dir: Path) -> str:
+    """What a finished run left and what to do next: its folder, best checkpoint, newest samples,
+    and the commands that sample from it and continue it."""
+    lines = [f"Run finished: {run_dir}"]
+    best = trainer.checkpoint_callback
+    if best is not None and best.best_model_path and best.best_model_score is not None:
+        lines.append(f"  best {best.monitor}: {float(best.best_model_score):.4g} in {best.best_model_path}")
+    samples = sorted((run_dir / "samples").glob("samples_*"), key=lambda p: p.stat().st_mtime)
+    if samples:
+        lines.append(f"  samples: {samples[-1]}")
+    lines.append(f"  sample from it:  make sample RUN={run_dir}   (or: python -m genlab.sample {run_dir})")
+    lines.append(f"  score it:        make eval RUN={run_dir}")
+    budget = "max_steps" if (cfg.trainer.get("max_steps") or -1) > 0 else "max_epochs"
+    more = f"trainer.{budget}=<more than {getattr(trainer, budget)}>"
+    lines.append(f"  train it longer: python -m genlab.train model={cfg.groups.model} ckpt_path={run_dir} {more}")
+    return "\n".join(lines)
 
 
 def usage() -> str:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from genlab.data import DigitsDataModule
+from genlab.errors import DataError
 
 
 def _setup(**kwargs) -> DigitsDataModule:
@@ -43,3 +45,14 @@ def test_resize_and_rgb() -> None:
     x, _ = next(iter(_setup(image_size=16, channels=3).val_dataloader()))
     assert x.shape == (32, 3, 16, 16)
     assert torch.equal(x[:, 0], x[:, 2])
+
+
+def test_declared_levels_must_match_the_values() -> None:
+    assert _setup().levels == 17
+    x, _ = next(iter(_setup(image_size=16).train_dataloader()))
+    k = (x + 1) / 2 * 16
+    assert torch.equal(k, k.round())  # resized, then rounded back onto the 17 levels
+    for wrong, hint in ((256, "not on the grid"), (33, "data.levels=17")):
+        with pytest.raises(DataError, match=f"data.levels={wrong} does not match the data") as err:
+            _setup(levels=wrong)
+        assert hint in str(err.value) and "\n" not in str(err.value)

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from genlab.data import text, tokenizers
+from genlab import tokenizers
+from genlab.data import text
 from genlab.data.text import EvalWindows, RandomWindows, TextDataModule, url_cache_path
-from genlab.data.tokenizers import ByteTokenizer, CharTokenizer
 from genlab.errors import ConfigError, DataError
+from genlab.tokenizers import ByteTokenizer, CharTokenizer
 
 SAMPLE = "Héllo, wörld — naïve café ☃\nsecond line\r\nthird\ttab"
 

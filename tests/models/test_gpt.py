@@ -12,12 +12,12 @@ from conftest import read_metrics
 import genlab
 from genlab.config import compose
 from genlab.data.text import TextDataModule
-from genlab.data.tokenizers import CharTokenizer
 from genlab.errors import ConfigError, DataError
 from genlab.faults import PREEMPTED_EXIT_CODE
 from genlab.instantiate import instantiate
 from genlab.models import gpt as gpt_module
 from genlab.models.gpt import GPTModule, warmup_cosine
+from genlab.tokenizers import CharTokenizer
 from genlab.train import main, train
 
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "saw", "one", "big", "red", "dog", "run", "to", "his", "old")

@@ -22,9 +22,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 class ImageFiles(Dataset):
     """Decodes, converts and resizes on access, a batch (list of indices) at a time."""
 
-    def __init__(self, files: list[Path], labels: list[int], channels: int, image_size: int) -> None:
+    def __init__(self, files: list[Path], labels: list[int], channels: int, image_size: int, levels: int) -> None:
         self.files, self.labels = files, torch.tensor(labels, dtype=torch.long)
         self.mode, self.channels, self.image_size = ("L" if channels == 1 else "RGB"), channels, image_size
+        self.levels = levels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -35,7 +36,7 @@ class ImageFiles(Dataset):
 
     def _read(self, path: Path) -> torch.Tensor:
         try:
-            return read_image(path, self.channels, self.image_size)
+            return read_image(path, self.channels, self.image_size, self.levels)
         except READ_ERRORS as err:  # the file changed after setup checked it
             raise DataError(f"cannot read image '{path}' ({err})") from None
 
@@ -45,14 +46,16 @@ READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 HIGH_BIT_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1}
 
 
-def read_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
-    """One file as `(channels, image_size, image_size)` in [-1, 1], whatever its mode and size."""
+def read_image(path: Path, channels: int, image_size: int, levels: int = 256) -> torch.Tensor:
+    """One file as `(channels, image_size, image_size)` in [-1, 1] on the grid of `levels` intensity
+    levels, whatever its mode and size (8-bit files must match `levels`: 256)."""
     with Image.open(path) as image:
         ImageOps.exif_transpose(image, in_place=True)  # phone photos store their rotation in EXIF
         if image.mode in HIGH_BIT_DEPTH:
             # 16-bit (and 32-bit int, float) grey: scale to [0, 1]; PIL's convert("L") would clip to 255 (all white)
             grey = np.asarray(image, dtype=np.float32) / HIGH_BIT_DEPTH[image.mode]
-            return to_model_range(torch.from_numpy(grey)[None, None], channels, image_size)[0]
+            grey = np.round(np.clip(grey, 0, 1) * (levels - 1)) / (levels - 1)  # quantised to the declared levels
+            return to_model_range(torch.from_numpy(grey)[None, None], channels, image_size, levels)[0]
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             # what a viewer shows: transparent pixels on white, not the arbitrary colours stored under them
             image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
@@ -60,7 +63,7 @@ def read_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
         image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
         array = np.asarray(image, dtype=np.uint8).reshape(image_size, image_size, -1)
     pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
-    return to_model_range(pixels, channels, image_size)[0]
+    return to_model_range(pixels, channels, image_size, levels)[0]
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -96,7 +99,7 @@ class ImageFolderDataModule(ImageDataModule):
         if not good:
             raise DataError(f"none of the {len(files)} images under '{self.path}' could be used")
         self.num_classes = self.num_classes or len(classes)
-        return {"all": ImageFiles(good, [label_of[f] for f in good], self.channels, self.image_size)}
+        return {"all": ImageFiles(good, [label_of[f] for f in good], self.channels, self.image_size, self.levels)}
 
     def _label_fits(self, path: Path, label: int, classes: list[str]) -> bool:
         if not self.num_classes or label < self.num_classes:
@@ -112,7 +115,7 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _readable(self, path: Path) -> bool:
         try:  # decodes and converts fully, as training will: catches truncated files that verify() lets through
-            read_image(path, self.channels, self.image_size)
+            read_image(path, self.channels, self.image_size, self.levels)
             return True
         except READ_ERRORS as err:
             if self.on_bad_file == "error":

@@ -3,10 +3,18 @@
 Images are float tensors `(B, C, H, W)` in [-1, 1] (the range tanh outputs and diffusion assumes),
 labels are int64 `(B,)`. Every image source can be resized (`image_size`) and given 1 or 3
 channels, so any image family runs on any image data.
+
+Every image data module declares `levels`, the number of intensity levels its data really has
+(sklearn's digits 17: 0..16; 8-bit images 256). Pixel values are exactly the grid
+k / (levels - 1) * 2 - 1, k = 0..levels-1: raw values are checked against it (a mismatch is a
+DataError naming data.levels) and resized or converted images are snapped back onto it. Likelihoods
+and bits/dim are then measured for that discretization, the same for every family (see
+`genlab.models.likelihoods.bits_per_dim` and the README's "Bits per dimension").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import lightning as L
@@ -15,12 +23,42 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, DataError
 
 
-def to_model_range(images: torch.Tensor, channels: int, image_size: int) -> torch.Tensor:
-    """uint8 `(N, C, H, W)` in [0, 255] (or float in [0, 1]) to float in [-1, 1], at the asked size."""
+def check_levels(x: torch.Tensor, levels: int) -> None:
+    """Raise a one-line DataError unless every value of `x` (in [0, 1]) is one of `levels` evenly
+    spaced levels k / (levels - 1)."""
+    if levels < 2:
+        raise ConfigError(f"data.levels must be at least 2, got {levels}")
+    index = x.double() * (levels - 1)
+    off = (index - index.round()).abs()
+    if off.max() > 1e-3 or x.min() < 0 or x.max() > 1:
+        bad = x.flatten()[off.flatten().argmax()].item()
+        raise DataError(
+            f"data.levels={levels} does not match the data: value {bad:.4g} (of [0, 1]) is not on the grid "
+            f"k/{levels - 1}; set data.levels to the number of intensity levels the data has (digits 17, 8-bit 256)"
+        )
+
+
+def check_all_levels_used(x: torch.Tensor, levels: int) -> None:
+    """A whole data set in [-1, 1] whose values use only every g-th level (e.g. the digits' 17 levels
+    declared as 33) gets a DataError: bits/dim would be measured on a finer grid than the data has."""
+    index = ((x + 1) / 2 * (levels - 1)).round().long().unique()
+    step = math.gcd(*index.tolist(), levels - 1) if len(index) > 1 else 1
+    if step > 1:
+        raise DataError(
+            f"data.levels={levels} does not match the data: it uses only every {step}th level; "
+            f"set data.levels={(levels - 1) // step + 1}"
+        )
+
+
+def to_model_range(images: torch.Tensor, channels: int, image_size: int, levels: int = 256) -> torch.Tensor:
+    """uint8 `(N, C, H, W)` in [0, 255] (or float in [0, 1] on the `levels` grid) to float in [-1, 1], at the
+    asked size and on the grid of `levels` intensity levels (values made by resizing or RGB->grey are
+    rounded to the nearest level, so the data stay discrete)."""
     x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    check_levels(x, levels)
     if x.shape[1] != channels:
         if x.shape[1] == 1:
             x = x.expand(-1, channels, -1, -1)
@@ -30,7 +68,8 @@ def to_model_range(images: torch.Tensor, channels: int, image_size: int) -> torc
             raise ConfigError(f"cannot turn {x.shape[1]}-channel images into {channels} channels")
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(0, 1).mul(2).sub(1).contiguous()
+    x = x.clamp(0, 1).mul(levels - 1).round().div(levels - 1)
+    return x.mul(2).sub(1).contiguous()
 
 
 def ddp_world() -> tuple[int, int]:
@@ -138,15 +177,23 @@ class ImageDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         num_workers: int = 0,
         seed: int = 0,
+        levels: int = 256,
     ) -> None:
+        """`levels`: how many intensity levels the data has (see the module docstring); models read it
+        through `${data.levels}` to measure bits/dim on that discretization."""
         super().__init__()
         if channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 or 3, got {channels}")
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ConfigError("data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1 (images per device and step), got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
         self.image_size, self.channels, self.num_classes = image_size, channels, num_classes
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.levels = levels
         self.splits: dict[str, Dataset] = {}
 
     def load(self) -> dict[str, Dataset]:
@@ -157,6 +204,9 @@ class ImageDataModule(L.LightningDataModule):
         if self.splits:
             return
         parts = self.load()
+        for part in parts.values():
+            if isinstance(part, TensorImages):  # in memory: cheap to check once as a whole
+                check_all_levels_used(part.images, self.levels)
         generator = torch.Generator().manual_seed(self.seed)
         if "all" in parts:
             n = len(parts["all"])

@@ -42,5 +42,5 @@ class MNISTDataModule(ImageDataModule):
                 f"MNIST is not in {raw} and could not be downloaded ({err}). Put the four IDX files "
                 "(train-images-idx3-ubyte, ...) there, or train on the embedded data with data=digits."
             ) from None
-        images = to_model_range(mnist.data.unsqueeze(1), self.channels, self.image_size)
+        images = to_model_range(mnist.data.unsqueeze(1), self.channels, self.image_size, self.levels)
         return TensorImages(images, mnist.targets.long())

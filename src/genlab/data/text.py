@@ -34,10 +34,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from genlab.data import tokenizers
+from genlab import tokenizers
 from genlab.data.images import ddp_world, epoch_position
-from genlab.data.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, TokenizerKind
 from genlab.errors import ConfigError, DataError
+from genlab.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, TokenizerKind
 
 CHUNK_CHARS = 2**24  # characters read at a time while tokenizing a file (~64 MB as code points)
 EMBEDDED = "the embedded corpus (pydoc_data.topics)"

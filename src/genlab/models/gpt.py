@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from genlab.data import tokenizers
-from genlab.data.tokenizers import Tokenizer
+from genlab import tokenizers
 from genlab.errors import ConfigError, DataError
 from genlab.instantiate import instantiate
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.nets.gpt import GPT
+from genlab.tokenizers import Tokenizer
 
 TOKENIZER_KEY = "tokenizer"  # where a checkpoint keeps the tokenizer's state
 
@@ -98,7 +98,7 @@ class GPTModule(L.LightningModule):
                 )
             return
         self.tokenizer = tokenizer
-        self.net = instantiate(self.hparams.net)(vocab_size=tokenizer.vocab_size)
+        self.net = instantiate(self.hparams.net, "model.net")(vocab_size=tokenizer.vocab_size)
         self.decayed = matrix_names(self.net)
 
     def configure_model(self) -> None:
@@ -121,7 +121,8 @@ class GPTModule(L.LightningModule):
         self.build(tokenizers.from_state(checkpoint[TOKENIZER_KEY]))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer)(weight_decay_groups(self.net, self.decayed))
+        groups = weight_decay_groups(self.net, self.decayed)
+        optimizer = instantiate(self.hparams.optimizer, "model.optimizer")(groups)
         decay_steps = self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches
         if not math.isfinite(decay_steps):
             raise ConfigError("model.lr_decay_steps is needed when the run has no length (trainer.max_steps)")

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from genlab.instantiate import instantiate
-from genlab.models.likelihoods import make_likelihood
+from genlab.models.likelihoods import bits_per_dim, make_likelihood
 
 
 class VAEModule(L.LightningModule):
@@ -31,20 +31,23 @@ class VAEModule(L.LightningModule):
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         iw_samples: int = 16,
+        levels: int = 256,
     ) -> None:
         """Config nodes (`_target_` dicts), built here so that they are saved as hyperparameters and
         `VAEModule.load_from_checkpoint(path)` rebuilds the model: `encoder` maps images to
         2 * latent_dim features (mean, log-variance); `decoder` maps a latent to the likelihood's
-        parameters; `optimizer` is a partial node taking the parameters."""
+        parameters; `optimizer` is a partial node taking the parameters. `levels`: the data's intensity
+        levels (`${data.levels}`), the bins of the discretized likelihood and of `val/bpd`."""
         super().__init__()
         self.save_hyperparameters()
-        self.encoder, self.decoder = instantiate(encoder), instantiate(decoder)
+        self.encoder = instantiate(encoder, "model.encoder")
+        self.decoder = instantiate(decoder, "model.decoder")
         self.likelihood = make_likelihood(
-            likelihood, **({"sigma": sigma} if likelihood == "discretized_gaussian" else {})
+            likelihood, **({"sigma": sigma, "bins": levels} if likelihood == "discretized_gaussian" else {})
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return instantiate(self.hparams.optimizer)(self.parameters())
+        return instantiate(self.hparams.optimizer, "model.optimizer")(self.parameters())
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) as (mean, log-variance), each `(B, latent_dim)`."""
@@ -81,7 +84,7 @@ class VAEModule(L.LightningModule):
             "val/nll": nll.mean(),
         }
         if self.likelihood.discrete:
-            metrics["val/bpd"] = nll.mean() / (x[0].numel() * math.log(2))
+            metrics["val/bpd"] = bits_per_dim(nll.mean(), x[0].numel())  # on the data's `levels` grid
         self.log_dict(metrics, prog_bar=False, sync_dist=True, batch_size=len(x))
 
     def importance_weighted_nll(self, x: torch.Tensor, k: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from genlab.nets.classifier import ConvClassifier
 from genlab.nets.conv import ConvDecoder, ConvEncoder
+from genlab.nets.flow import Glow
 from genlab.nets.unet import UNet
 
-__all__ = ["ConvClassifier", "ConvDecoder", "ConvEncoder", "UNet"]
+__all__ = ["ConvClassifier", "ConvDecoder", "ConvEncoder", "Glow", "UNet"]

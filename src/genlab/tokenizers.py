@@ -1,4 +1,5 @@
-"""Character and byte tokenizers for text models. Ids are uint16 (what the token cache stores).
+"""Character and byte tokenizers for text models (shared by the text data modules and the models that
+store a vocabulary in their checkpoints). Ids are uint16 (what the token cache stores).
 
     char   one id per distinct character of the corpus, in code-point order (nanoGPT's
            shakespeare_char); the vocabulary travels with the run and the checkpoint
