@@ -1,5 +1,6 @@
 """LightningModules, one per family: objective, optimizers, logging and `sample(n)`."""
 
+from genlab.models.gan import GANModule
 from genlab.models.vae import VAEModule
 
-__all__ = ["VAEModule"]
+__all__ = ["GANModule", "VAEModule"]
