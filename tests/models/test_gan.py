@@ -17,9 +17,11 @@ from PIL import Image
 
 from genlab import load_model
 from genlab.config import compose
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, DivergenceError
+from genlab.faults import NaNGuard
 from genlab.instantiate import instantiate
 from genlab.models import GANModule
+from genlab.models.gan_losses import GANLoss, d_nonsaturating, g_nonsaturating
 from genlab.train import main, train
 
 # Narrow nets and small batches: every hook runs, in seconds.
@@ -36,11 +38,11 @@ def _gan(*overrides: str) -> GANModule:
     return instantiate(compose([*SMALL, *overrides]).model)
 
 
-def _fit(model: GANModule, steps: int, *overrides: str) -> L.Trainer:
+def _fit(model: GANModule, steps: int, *overrides: str, callbacks: list | None = None) -> L.Trainer:
     datamodule = instantiate(compose([*SMALL, *overrides]).data)
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=1, limit_train_batches=steps, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
     )  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     return trainer
@@ -98,11 +100,6 @@ def test_entrypoint_run_conditional_in_bf16_with_penalties_and_clipping(make_con
 def test_gradient_clipping_bounds_each_nets_gradient_norm() -> None:
     model = _gan("model.gradient_clip_val=0.01")
     norms = []
-
-    class Spy(L.Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-            pass
-
     original = model.on_before_optimizer_step
 
     def clip_then_measure(optimizer) -> None:
@@ -113,6 +110,26 @@ def test_gradient_clipping_bounds_each_nets_gradient_norm() -> None:
     model.on_before_optimizer_step = clip_then_measure
     _fit(model, steps=3)
     assert len(norms) == 6 and max(norms) <= 0.01 + 1e-6
+
+
+@pytest.mark.parametrize("net", ["discriminator", "generator"])
+def test_nan_guard_sees_each_optimizer_and_skips_only_the_bad_update(net: str) -> None:
+    model = _gan()
+    bad = GANLoss(
+        lambda real, fake: d_nonsaturating(real, fake) * (float("nan") if net == "discriminator" else 1.0),
+        lambda fake: g_nonsaturating(fake) * (float("nan") if net == "generator" else 1.0),
+    )
+    model.loss = bad
+    step = 0 if net == "discriminator" else 1  # Lightning's global_step: D's step is 0, G's 1
+    with pytest.raises(DivergenceError, match=f"at step {step} .*before updating the weights"):
+        _fit(model, steps=2, callbacks=[NaNGuard(action="stop")])
+    model = _gan()
+    model.loss = bad
+    other = model.generator if net == "discriminator" else model.discriminator
+    frozen, other_before = _flat(getattr(model, net)), _flat(other)
+    _fit(model, steps=2, callbacks=[NaNGuard(action="skip")])
+    assert torch.equal(_flat(getattr(model, net)), frozen)  # its updates were dropped
+    assert not torch.equal(_flat(other), other_before)  # the other net trained on
 
 
 def test_resume_restores_both_optimizers_the_schedulers_and_the_ema_exactly(make_config, log_dir: Path) -> None:

@@ -33,14 +33,14 @@ def _bottom(image_size: int, stages: int) -> int:
     return image_size // 2**stages
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: str | None, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
-    if kind == "none":
+    if kind is None:
         return nn.Identity()
-    raise ValueError(f"norm must be batch, group or none, got {kind!r}")
+    raise ValueError(f"norm must be batch, group or null, got {kind!r}")
 
 
 class DCGANGenerator(nn.Module):
@@ -54,7 +54,7 @@ class DCGANGenerator(nn.Module):
         hidden_channels: list[int],
         num_classes: int | None = None,
         embed_dim: int = 32,
-        norm: Literal["batch", "group", "none"] = "batch",
+        norm: Literal["batch", "group"] | None = "batch",
     ) -> None:
         """`hidden_channels`: widths from the bottom up (widest first). `num_classes`: None for an
         unconditional G, else the label embedding's size (set by the GAN module)."""
