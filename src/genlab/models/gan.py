@@ -211,9 +211,14 @@ class GANModule(L.LightningModule):
             loss = loss + logs["train/g_loss"]
             if hp.max_g_steps is not None and int(self.g_steps) >= hp.max_g_steps:
                 self.trainer.should_stop = True
-        logs["train/loss"] = loss
-        logs["train/g_step"] = self.g_steps.float()
-        self.log_dict(logs, prog_bar=False)
+        # Only on the batches whose metrics the logger writes (Lightning's rule: every log_every_n_steps
+        # batches; d_steps counts batches here): each self.log call costs ~1 ms of Python on CPU,
+        # 10-20% of a small GAN's step, and values logged in between would only be overwritten.
+        every = self.trainer.log_every_n_steps
+        if (every and int(self.d_steps) % every == 0) or self.trainer.should_stop:
+            logs["train/loss"] = loss
+            logs["train/g_step"] = self.g_steps.float()
+            self.log_dict(logs, prog_bar=False)
         return {"loss": loss}
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
