@@ -160,3 +160,37 @@ def test_every_shipped_config_composes_and_builds(group: str, choice: str, tmp_p
     if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         pytest.skip("preset needs a GPU; composed and validated, Trainer not built")
     instantiate(cfg.trainer)
+
+
+@pytest.mark.parametrize("name", ["2024-01-05", "0123", "12:30", "yes", "1e3", "007"])
+def test_string_and_null_keys_keep_the_text_as_typed(name: str) -> None:
+    assert compose(["model=vae", f"run_name={name}"]).run_name == name  # YAML 1.1 would give a date, 83, 750, True
+    assert compose(["model=gpt", f"model.sample_prompt={name}"]).model.sample_prompt == name
+    assert compose(["model=vae", "run_name=null"]).run_name is None
+
+
+def test_numbers_are_read_the_yaml_1_2_way() -> None:
+    assert compose(["model=vae", "seed=0123"]).seed == 123  # decimal, not octal
+    assert compose(["model=gpt", "model.top_k=5"]).model.top_k == 5  # a null whose type is a number
+    with pytest.raises(ConfigError, match="'seed' must be a number, got '12:30'"):
+        compose(["model=vae", "seed=12:30"])
+
+
+def test_experiment_settings_for_a_callback_that_is_not_there_are_dropped(caplog) -> None:
+    cfg = compose(["experiment=vae_mnist", "callbacks=none"])
+    assert dict(cfg.callbacks) == {}
+    assert "callbacks.samples: ignored (every_n_epochs=5), since callbacks=none" in caplog.text
+    instantiate(cfg.callbacks)  # nothing left that cannot be built
+
+
+def test_a_target_whose_dependency_is_missing_says_so(tmp_path: Path, monkeypatch) -> None:
+    package = tmp_path / "needs_dep"
+    package.mkdir()
+    (package / "__init__.py").write_text("import a_package_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        ConfigError, match="needs the package 'a_package_that_is_not_installed', which is not installed"
+    ):
+        compose(["model=vae", "model.optimizer._target_=needs_dep.Optimizer"])
+    with pytest.raises(ConfigError, match="cannot import 'genlab.nets.NoSuchNet'; check the spelling"):
+        compose(["model=vae", "model.encoder._target_=genlab.nets.NoSuchNet"])

@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 import genlab
+import genlab.run
 from genlab.config import compose
 from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
@@ -150,3 +151,68 @@ def test_strategy_presets_compose_and_build() -> None:
     cfg = compose(["model=vae", "trainer=ddp_multinode", "trainer.strategy.timeout_s=60"])
     ddp = instantiate(cfg.trainer.strategy)
     assert isinstance(ddp, DDPStrategy) and ddp._timeout.total_seconds() == 60 and cfg.trainer.num_nodes == 2
+
+
+def _run_module(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENLAB_", "SLURM_", "WANDB_", *LAUNCH_VARS))}
+    env.update(PYTHONPATH=os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "genlab.train", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def test_fsdp_fit_samples_checkpoints_and_resumes_on_two_cpu_processes(tmp_path: Path) -> None:
+    """Lightning's FSDP strategy for real (gloo, 2 processes), sharded checkpoints: the GPT trains
+    with weight decay on its matrices, samples at every epoch end (whole weights gathered), writes a
+    `last.ckpt/` folder of shards, and every way of naming that folder resumes or loads it."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and saw a big red dog.\n" * 400, encoding="utf-8")
+    argv = [
+        "model=gpt", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+        "trainer.strategy.state_dict_type=sharded", f"log_dir={tmp_path}", "run_name=sharded", f"data.path={corpus}",
+        "data.block_size=16", "data.batch_size=4", "model.net.n_layer=2", "model.net.n_head=2", "model.net.n_embd=32",
+        "model.sample_length=8", "model.lr_decay_steps=6", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false", "callbacks.progress.refresh_rate=0",
+        "callbacks.samples.every_n_epochs=1", "callbacks.samples.num_samples=2",
+    ]  # fmt: skip
+    first = _run_module([*argv, "trainer.max_steps=4"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "gpt" / "sharded"
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / "meta.pt").is_file()  # a folder of shards
+    assert (run / "samples" / "samples_epoch=001.txt").is_file() and (run / "samples" / "samples_final.txt").is_file()
+
+    state = genlab.run.read_checkpoint(last)
+    decay, no_decay = state["optimizer_0"]["param_groups"]
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    n_matrices = 2 + 4 * 2  # token and position embeddings; qkv, proj, fc and proj of each block
+    assert len(decay["params"]) == n_matrices and len(no_decay["params"]) == 1 + 2 * 2  # final and block norms
+
+    again = _run_module(argv)  # the same run_name without resume: refused, the shards are kept
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+    resumed = _run_module([*argv, "ckpt_path=last", "trainer.max_steps=6"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert genlab.run.read_checkpoint(last)["global_step"] == 6
+
+    model = genlab.load_model(last)  # the shards gathered into one model, on one process
+    assert model.net.tok_emb.weight.dim() == 2 and len(model.generate("the ", max_new_tokens=5)) == 9
+
+
+def test_a_sharded_checkpoint_folder_is_found_every_way(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    run = tmp_path / "vae" / "sharded"
+    (run / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt" / "meta.pt").write_bytes(b"")  # what FSDP's sharded save leaves
+    (run / "config.yaml").write_text("{}\n")
+    for how in (
+        "ckpt_path=last",
+        "ckpt_path=last run_name=sharded",
+        f"ckpt_path={run}",
+        "resume=auto run_name=sharded",
+    ):
+        cfg = compose(["model=vae", f"log_dir={tmp_path}", *how.split()])
+        clean_env.setenv(RUN_DIR_ENV, "")  # as a new launch: prepare_run exports the folder for other ranks
+        resumed = prepare_run(cfg)
+        assert (resumed.dir, resumed.resume_from) == (run, run / "checkpoints" / "last.ckpt"), how
+    clean_env.setenv(RUN_DIR_ENV, "")
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        prepare_run(compose(["model=vae", f"log_dir={tmp_path}", "run_name=sharded"]))

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+import genlab
 import genlab.faults
 from genlab.data.image_folder import ImageFolderDataModule
 from genlab.errors import ConfigError, DataError
@@ -321,3 +322,104 @@ def test_label_outside_the_class_count_errors_or_skips(tmp_path: Path, caplog: p
         files = data.load()["all"]
     assert files.labels.tolist() == [0, 0, 1, 1] and data.num_classes == 2
     assert "zebra/1.png" in " ".join(r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact resume after a mid-epoch stop (a real signal), also mid-accumulation
+
+
+def preempt_at(monkeypatch: pytest.MonkeyPatch, module: type, step: int, batch_idx: int | None = None) -> None:
+    """Send this process SIGUSR1 during the training step at `step` (and `batch_idx`, if given)."""
+    original = module.training_step
+
+    def training_step(self, batch, idx: int):
+        if self.global_step == step and (batch_idx is None or idx == batch_idx):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, idx)
+
+    monkeypatch.setattr(module, "training_step", training_step)
+    return original
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    first, second = checkpoint(a), checkpoint(b)
+    assert first["global_step"] == second["global_step"]
+    for key, value in first["state_dict"].items():
+        torch.testing.assert_close(second["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_mid_epoch_signal_then_resume_equals_an_unbroken_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accumulate: int
+) -> None:
+    # 2 epochs x 10 batches of 32 digits; the signal lands in epoch 1's third batch (mid-window
+    # when accumulating: batch 2 opens a window of two, so the stop waits for batch 3).
+    argv = [*SHORT, f"log_dir={tmp_path}", "trainer.limit_train_batches=10"]
+    argv += [f"trainer.accumulate_grad_batches={accumulate}"]
+    assert main([*argv, "run_name=unbroken"]) == 0
+
+    steps_per_epoch = 10 // accumulate
+    original = preempt_at(monkeypatch, VAEModule, step=steps_per_epoch + 2 // accumulate, batch_idx=2)
+    resumable = [*argv, "run_name=stopped", "resume=auto"]
+    assert main(resumable) == PREEMPTED_EXIT_CODE
+    last = tmp_path / "vae" / "stopped" / "checkpoints" / "last.ckpt"
+    state = checkpoint(last)
+    assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == (
+        3 if accumulate == 1 else 4
+    )
+    assert state["global_step"] == steps_per_epoch + (3 if accumulate == 1 else 2)  # whole windows only
+
+    monkeypatch.setattr(VAEModule, "training_step", original)
+    assert main(resumable) == 0
+    assert_same_weights(tmp_path / "vae" / "unbroken" / "checkpoints" / "last.ckpt", last)
+
+
+def test_nan_guard_counts_optimizer_steps_not_micro_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every second micro-batch (the last of each window of two) is NaN: each optimizer step is bad,
+    # although half the batches are fine. Counting per batch, the good ones reset the count forever.
+    original = VAEModule.training_step
+
+    def second_micro_batch_nan(self: VAEModule, batch, batch_idx: int) -> torch.Tensor:
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if batch_idx % 2 == 1 else loss
+
+    monkeypatch.setattr(VAEModule, "training_step", second_micro_batch_nan)
+    argv = [*SHORT, f"log_dir={tmp_path}", "trainer.limit_train_batches=10", "trainer.accumulate_grad_batches=2"]
+    argv += ["callbacks.nan_guard.action=skip", "callbacks.nan_guard.max_consecutive_skips=2"]
+    assert main(argv) == 2
+    assert "3 steps in a row were not finite at step 2" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading checkpoints
+
+
+def test_checkpoints_load_safely_and_onto_the_asked_device(tmp_path: Path) -> None:
+    assert main([*SHORT, f"log_dir={tmp_path}", "run_name=ok", "trainer.max_epochs=1"]) == 0
+    last = tmp_path / "vae" / "ok" / "checkpoints" / "last.ckpt"
+    model = genlab.load_model(last, map_location="meta")  # a device other than the CPU, without a GPU
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("echo unpickled code ran",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({**checkpoint(last), "payload": RunsCode()}, evil)
+    with pytest.raises(ConfigError, match=r"would run code while loading \(posix.system\), so it is refused"):
+        genlab.load_model(evil)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+        genlab.load_model(truncated)
+
+
+def test_resuming_from_a_bad_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert main([*SHORT, f"log_dir={tmp_path}", f"ckpt_path={bad}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"genlab: error: '{bad}' is not a readable checkpoint (corrupt or truncated?)"
+    assert not any("Traceback" in line for line in err)

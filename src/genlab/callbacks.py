@@ -3,15 +3,19 @@ images `(n, C, H, W)` in [-1, 1] or a list of strings, and an optional `reconstr
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states
-from lightning.fabric.utilities.seed import _set_rng_states as set_lightning_rng_states
+import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid, save_image
+
+from genlab.strategies import full_weights
 
 
 class SampleLogger(L.Callback):
@@ -41,7 +45,10 @@ class SampleLogger(L.Callback):
     def log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
         was_training = pl_module.training
         pl_module.eval()
-        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+        with (
+            full_weights(trainer),  # FSDP: whole weights on every rank while sampling (every rank samples)
+            torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []),
+        ):
             torch.manual_seed(self.seed)
             samples = pl_module.sample(self.num_samples)
             recon = None
@@ -87,31 +94,77 @@ class SampleLogger(L.Callback):
 
 
 class RunInfoInCheckpoint(L.Callback):
-    """Stores the resolved config, the W&B run id and the RNG states in every checkpoint: a
+    """Stores the resolved config, the W&B run id and every rank's RNG states in every checkpoint: a
     checkpoint alone rebuilds its model (`genlab.load_model`), a resumed run continues the same W&B
-    run, and its random draws (VAE noise, dropout) continue where they stopped, so resuming matches
-    an unbroken run. (Under DDP the states are rank zero's; every rank gets them back.)"""
+    run, and each rank's random draws (VAE noise, dropout) continue where they stopped, so resuming
+    matches an unbroken run.
 
-    def __init__(self, config: dict[str, Any], wandb_id: str) -> None:
-        self.config, self.wandb_id = config, wandb_id
+    Ranks are seeded apart once the model is built (`seed` mixed with the global rank): the weights
+    start equal everywhere, but the noise and dropout masks of the ranks differ, as they should.
+    Each rank saves and restores its own states, and only its own device's CUDA state, so a run
+    requeued on fewer GPUs per task (8 -> 1) still resumes. A rank that did not exist when the
+    checkpoint was written (a larger world) is seeded afresh, with a warning.
+    """
+
+    def __init__(self, config: dict[str, Any], wandb_id: str, seed: int = 0) -> None:
+        self.config, self.wandb_id, self.seed = config, wandb_id, seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:  # one process: keep the plain seed (runs stay comparable with older ones)
+            seed_rank(self.seed, trainer.global_rank)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint["genlab"] = {"config": self.config, "wandb_id": self.wandb_id, "rng": _rng_states()}
+        states = _rng_states()
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, states)  # every rank saves (Lightning dumps on all): a collective is safe
+            per_rank = gathered
+        else:
+            per_rank = [states]
+        checkpoint["genlab"] = {"config": self.config, "wandb_id": self.wandb_id, "rng_per_rank": per_rank}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         # Lightning restores before its sanity check, which it runs with the RNG isolated.
-        if "rng" in checkpoint.get("genlab", {}):
-            _set_rng_states(checkpoint["genlab"]["rng"])
+        info = checkpoint.get("genlab", {})
+        per_rank = info.get("rng_per_rank") or ([info["rng"]] if "rng" in info else [])
+        rank = trainer.global_rank
+        if rank < len(per_rank):
+            _set_rng_states(per_rank[rank])
+        elif per_rank:
+            rank_zero_warn(
+                f"the checkpoint holds RNG states for {len(per_rank)} rank(s), this run has {trainer.world_size}: "
+                "the new ranks are seeded afresh, so the run is not an exact continuation"
+            )
+            seed_rank(self.seed + len(per_rank), rank)
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed Python, NumPy and torch for one rank, reproducibly and apart from the other ranks."""
+    L.seed_everything(hash((seed, rank)) % 2**31, workers=True, verbose=False)  # int tuples hash the same every run
 
 
 def _rng_states() -> dict[str, Any]:
-    """Lightning's RNG snapshot with NumPy's array as a tensor: checkpoints load with weights_only."""
-    states = _collect_rng_states(include_cuda=torch.cuda.is_available())
-    name, keys, *rest = states["numpy"]
-    states["numpy"] = (name, torch.from_numpy(keys.astype("int64")), *rest)
+    """This process's RNG states (this device's CUDA state only), as weights_only-loadable values."""
+    name, keys, *rest = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype("int64")), *rest),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # the current device's
     return states
 
 
 def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
     name, keys, *rest = states["numpy"]
-    set_lightning_rng_states({**states, "numpy": (name, keys.numpy().astype("uint32"), *rest)})
+    np.random.set_state((name, keys.numpy().astype("uint32"), *rest))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "torch.cuda" in states and torch.cuda.is_available():  # written by earlier genlab versions: every device
+        cuda_states = states["torch.cuda"]
+        if len(cuda_states) <= torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    elif "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])

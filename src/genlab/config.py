@@ -16,8 +16,11 @@ file (`data=mnist`, `logger=csv,wandb`). Every rank parses the same argv, so DDP
 
 from __future__ import annotations
 
+import datetime
+import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError, MissingMandatoryValue
 
 from genlab.errors import ConfigError
-from genlab.instantiate import SPECIAL_KEYS, suggest, validate
+from genlab.instantiate import SPECIAL_KEYS, matches, suggest, type_hint, validate
+
+log = logging.getLogger(__name__)
 
 GROUPS = ("model", "data", "trainer", "logger", "callbacks")
 MULTI_CHOICE_GROUPS = ("logger", "callbacks")  # several files merge: logger=csv,wandb
@@ -46,13 +51,27 @@ def config_dir() -> Path:
     return Path(os.environ.get("GENLAB_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 
 
+NULL_SPELLINGS = ("None", "none", "null", "~", "")
+
+
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML, plus the spellings W&B and Python use (`None`, `1e-3`)."""
-    if text in ("None", "none", "null", "~", ""):
+    """A command-line value as YAML, plus the spellings W&B and Python use (`None`, `1e-3`).
+
+    PyYAML follows YAML 1.1, whose surprises are undone: `2024-01-05` stays a string (not a date),
+    `12:30` a string (not 750, base 60), `0123` is 123 (not 83, octal); `yes`/`no`/`on`/`off` stay
+    strings. Keys whose value is a string keep the raw text anyway (see `set_key`).
+    """
+    if text in NULL_SPELLINGS:
         return None
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
+        return text
+    if isinstance(value, bool):
+        return value if text.lower() in ("true", "false") else text
+    if isinstance(value, int):
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else text  # sexagesimal, octal, hex, 1_000
+    if isinstance(value, datetime.date):
         return text
     if isinstance(value, str):
         try:
@@ -62,9 +81,20 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_argv(argv: list[str]) -> list[tuple[str, Any]]:
+class Override(tuple):
+    """A parsed `(key, value)` pair that remembers the text it was typed as."""
+
+    text: str
+
+    def __new__(cls, key: str, value: Any, text: str) -> Override:
+        pair = super().__new__(cls, (key, value))
+        pair.text = text
+        return pair
+
+
+def parse_argv(argv: list[str]) -> list[Override]:
     """`k=v`, `--k=v` and `--k v` into (key, value) pairs, in order."""
-    pairs: list[tuple[str, Any]] = []
+    pairs: list[Override] = []
     tokens = iter(argv)
     for token in tokens:
         key, eq, text = token.lstrip("-").partition("=")
@@ -76,7 +106,7 @@ def parse_argv(argv: list[str]) -> list[tuple[str, Any]]:
                 raise ConfigError(f"'{token}' needs a value: {token}=VALUE")
         if not key:
             raise ConfigError(f"cannot read argument '{token}': the key is empty")
-        pairs.append((key, parse_value(text)))
+        pairs.append(Override(key, parse_value(text), text))
     return pairs
 
 
@@ -131,7 +161,7 @@ def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConf
 
     pairs = parse_argv(argv or [])
     selected = {key: value for key, value in pairs if key in (*GROUPS, EXPERIMENT)}
-    overrides = [(key, value) for key, value in pairs if key not in selected]
+    overrides = [pair for pair in pairs if pair[0] not in selected]
 
     experiment: dict[str, Any] = {}
     exp_choices: dict[str, Any] = {}
@@ -161,8 +191,9 @@ def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConf
     cfg = _merge(cfg, experiment)
     cfg["groups"] = {group: choices.get(group) for group in (*GROUPS, EXPERIMENT)}
 
-    for key, value in overrides:
-        set_key(cfg, key, value)
+    for override in overrides:
+        set_key(cfg, override[0], override[1], override.text)
+    _drop_bodiless_nodes(cfg)
 
     conf = OmegaConf.create(cfg)
     # run_dir is decided at start-up (genlab.run); a stand-in lets everything else resolve now.
@@ -194,9 +225,11 @@ def _load_choices(group: str, choice: Any, root: Path) -> dict[str, Any]:
     return load_group_file(group, str(choice), root)[0]
 
 
-def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+def set_key(cfg: dict[str, Any], dotted: str, value: Any, text: str | None = None) -> None:
     """Set `a.b.c` in a plain dict config; the path must exist, or its parent must be an object
-    node whose constructor takes the new key (checked by `validate`)."""
+    node whose constructor takes the new key (checked by `validate`). `text`, the value as typed,
+    is kept as it is for a key that holds a string, or a null that means a name or path
+    (`run_name=0123` names folder "0123")."""
     if dotted.split(".")[0] == "groups":
         raise ConfigError("'groups' records the chosen files; select a file with model=..., data=... instead")
     node = cfg
@@ -212,7 +245,44 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
             _unknown_key(dotted, ".".join(parts[:-1]), node, leaf)
         node[leaf] = value
         return
+    if text is not None and text not in NULL_SPELLINGS and _holds_text(node, leaf):
+        value = text
     node[leaf] = _typed_like(dotted, node[leaf], value, checked_later="_target_" in node)
+
+
+def _holds_text(node: dict[str, Any], leaf: str) -> bool:
+    """Does `node[leaf]` take free text? A string value does; a null does at the top level (run_name,
+    ckpt_path...) and where the constructor's type hint allows a string but no number."""
+    old = node[leaf]
+    if isinstance(old, str):
+        return "${" not in old
+    if old is not None:
+        return False
+    if "_target_" not in node:
+        return True
+    hint = type_hint(node["_target_"], leaf)
+    if hint is None:
+        return False
+    return matches("x", hint) and not matches(0.5, hint) and not matches(1, hint)
+
+
+def _drop_bodiless_nodes(cfg: dict[str, Any]) -> None:
+    """An experiment may tune a callback or logger (`callbacks.samples.every_n_epochs: 5`) that the
+    chosen group file leaves out (`callbacks=none`): what remains has no `_target_` and cannot be
+    built, so it is dropped, with a warning naming it."""
+    for group in MULTI_CHOICE_GROUPS:
+        for name, node in list((cfg.get(group) or {}).items()):
+            if isinstance(node, dict) and "_target_" not in node:
+                del cfg[group][name]
+                log.warning(
+                    "%s.%s: ignored (%s), since %s=%s has no '%s' to apply it to",
+                    group,
+                    name,
+                    ", ".join(f"{k}={v}" for k, v in node.items()),
+                    group,
+                    cfg.get("groups", {}).get(group) or "none",
+                    name,
+                )
 
 
 def _unknown_key(dotted: str, parent: str, node: Any, part: str) -> None:

@@ -88,10 +88,13 @@ class PreemptionCheckpoint(L.Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)  # every batch, every rank
+        if stop and at_optimizer_step(trainer):
             # Lightning's own stop flag, now set on every rank at the same batch: its loops end the run
             # after this batch is logged (or after the next validation batch) with SIGTERMException,
             # leaving the loop state its resume expects. Private, as Lightning only sets it from its handler.
+            # Only where an optimizer step just happened: mid-accumulation the summed gradients of the
+            # window would be lost (they are not in the checkpoint), so the stop waits for the window's end.
             trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -107,6 +110,13 @@ class PreemptionCheckpoint(L.Callback):
         rank_zero_info(f"Stopped by a signal at step {trainer.global_step}: saved {path}")
         if trainer.is_global_zero and self.received == self.requeue_signal != signal.SIGTERM:
             requeue_slurm_job()
+
+
+def at_optimizer_step(trainer: L.Trainer) -> bool:
+    """Did the batch that just ended close a gradient-accumulation window (or the epoch)? Lightning's
+    own rule: every `accumulate_grad_batches` batches of the epoch, and at its last batch."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return progress.current.ready % trainer.accumulate_grad_batches == 0 or progress.is_last_batch
 
 
 def requeue_slurm_job() -> None:
@@ -143,12 +153,15 @@ class NaNGuard(L.Callback):
         if action not in ("stop", "skip"):
             raise ConfigError(f"NaNGuard action must be 'stop' or 'skip', got {action!r}")
         self.action, self.max_consecutive_skips = action, max_consecutive_skips
-        self.skipped, self._consecutive, self._bad_step = 0, 0, False
+        # Counted per optimizer step: with gradient accumulation one step spans several batches, and a
+        # good micro-batch must not reset the count of a window that is already bad.
+        self.skipped, self._consecutive, self._bad_step, self._window_closed = 0, 0, False, True
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._bad_step = False
+        if self._window_closed:  # a new accumulation window (every batch without accumulation)
+            self._bad_step, self._window_closed = False, False
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
@@ -156,14 +169,15 @@ class NaNGuard(L.Callback):
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = not grads or bool(torch.nn.utils.get_total_norm(grads).isfinite())
+        finite = not grads or bool(total_norm(grads).isfinite())
         if trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
-        self._bad_step = True
         if self.action == "stop":
             self._stop(trainer, "the gradients are", updated=False)
         optimizer.zero_grad(set_to_none=True)
-        self._count_skip(trainer, "non-finite gradients")
+        if not self._bad_step:  # once per step, also with two optimizers (a GAN's D and G)
+            self._bad_step = True
+            self._count_skip(trainer, "non-finite gradients")
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -176,8 +190,10 @@ class NaNGuard(L.Callback):
                 if self.action == "stop":
                     self._stop(trainer, f"the loss ({loss.item()}) is", updated=True)
                 self._count_skip(trainer, f"a non-finite loss ({loss.item()}) with finite gradients (update kept)")
-        if not self._bad_step:
-            self._consecutive = 0
+        if at_optimizer_step(trainer):
+            self._window_closed = True
+            if not self._bad_step:
+                self._consecutive = 0
 
     def _count_skip(self, trainer: L.Trainer, what: str) -> None:
         self.skipped += 1
@@ -195,6 +211,12 @@ class NaNGuard(L.Callback):
             + f". Last good checkpoint: {checkpoint or 'none saved yet'}. Try a lower learning rate, "
             "trainer.gradient_clip_val=1.0, bf16-mixed instead of 16-mixed, or callbacks.nan_guard.action=skip."
         )
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all the tensors together (inf or nan if any element is), in one fused op per
+    tensor list (`torch.nn.utils.get_total_norm` does the same but needs torch >= 2.6)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
 
 
 def last_checkpoint(trainer: L.Trainer) -> str | None:

@@ -32,9 +32,15 @@ def locate(path: str) -> Any:
     """Import `a.b.C` (the longest importable module prefix, then attributes)."""
     parts = path.split(".")
     for split in range(len(parts), 0, -1):
+        module = ".".join(parts[:split])
         try:
-            obj = importlib.import_module(".".join(parts[:split]))
-        except ModuleNotFoundError:
+            obj = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name is not None and not module.startswith(err.name):  # the module exists, a dependency is missing
+                raise ConfigError(
+                    f"_target_: '{path}' needs the package '{err.name}', which is not installed: "
+                    f"pip install it into this environment (.venv/bin/pip install {err.name.split('.')[0]})"
+                ) from None
             continue
         try:
             for attr in parts[split:]:
@@ -132,7 +138,7 @@ def _validate_target_node(node: dict[str, Any], where: str) -> None:
             )
         hint = hints.get(key)
         is_object = isinstance(value, dict) and "_target_" in value
-        if hint is not None and not is_object and not _matches(value, hint):
+        if hint is not None and not is_object and not matches(value, hint):
             raise ConfigError(f"'{where}.{key}' = {value!r} has the wrong type: {name} expects {_show(hint)}.")
     if not node.get("_partial_"):
         params = inspect.signature(_signatures(target)[0]).parameters.values()
@@ -146,6 +152,11 @@ def _validate_target_node(node: dict[str, Any], where: str) -> None:
             raise ConfigError(f"'{where}' is missing {', '.join(repr(m) for m in missing)}, needed by {name}.")
 
 
+def type_hint(target_path: str, key: str) -> Any:
+    """The type hint of argument `key` of `target_path`'s constructor (None when it has none)."""
+    return _type_hints(locate(target_path)).get(key)
+
+
 def _type_hints(target: Any) -> dict[str, Any]:
     hints: dict[str, Any] = {}
     for fn in reversed(_signatures(target)):  # the subclass's hints win
@@ -156,13 +167,13 @@ def _type_hints(target: Any) -> dict[str, Any]:
     return hints
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def matches(value: Any, hint: Any) -> bool:
     """A deliberately small type check: scalars, None, unions, literals, lists, dicts."""
     origin = typing.get_origin(hint)
     if hint is Any or isinstance(hint, typing.TypeVar):
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
+        return any(matches(value, arg) for arg in typing.get_args(hint))
     if origin is typing.Literal:
         return value in typing.get_args(hint)
     if hint is type(None):

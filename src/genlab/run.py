@@ -16,6 +16,9 @@ SLURM job or torchrun's rendezvous id, or must be given the same `run_name`.
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.load import _load_distributed_checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -32,6 +36,7 @@ from genlab.instantiate import instantiate
 
 RUN_DIR_ENV, RESUME_ENV = "GENLAB_RUN_DIR", "GENLAB_RESUME_FROM"
 LAST = "last.ckpt"
+SHARDED_META = "meta.pt"  # what Lightning's FSDP strategy writes beside the shards (all but the tensors)
 
 
 @dataclass
@@ -57,6 +62,8 @@ def prepare_run(cfg: DictConfig) -> Run:
         cfg.run_dir = str(run.dir)
     _save_config(cfg, run.dir)
     if run.resume_from:
+        if run.resume_from.is_file():
+            read_checkpoint(run.resume_from, mmap=True)  # a bad file fails here in one line, not in Lightning
         rank_zero_info(f"Resuming {run.dir} from {run.resume_from}")
     else:
         rank_zero_info(f"Run folder: {run.dir}")
@@ -96,7 +103,7 @@ def _new_run_dir(cfg: DictConfig) -> Path:
     name = cfg.run_name or _launcher_run_name()
     if name is not None:
         run_dir = _model_dir(cfg) / str(name)
-        if (run_dir / "checkpoints" / LAST).is_file():
+        if is_checkpoint(run_dir / "checkpoints" / LAST):
             raise ConfigError(
                 f"run folder {run_dir} already holds checkpoints: continue it with resume=auto (or ckpt_path=last), "
                 "or pick another run_name"
@@ -132,6 +139,12 @@ def _auto_resumed_run(cfg: DictConfig) -> Run:
     return Run(run_dir, newest_checkpoint(run_dir))
 
 
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or the folder of per-rank shards FSDP writes with `state_dict_type: sharded`
+    (named like the file, e.g. `last.ckpt/`, holding `meta.pt` and torch.distributed.checkpoint shards)."""
+    return path.is_file() or (path.is_dir() and (path / SHARDED_META).is_file())
+
+
 def newest_checkpoint(run_dir: Path) -> Path | None:
     """The newer of `checkpoints/last.ckpt` (a folder with FSDP's sharded checkpoints) and Lightning's
     SLURM requeue checkpoints (`hpc_ckpt_<n>.ckpt`)."""
@@ -147,7 +160,7 @@ def _resumed_run(cfg: DictConfig) -> Run:
             candidates = [_model_dir(cfg) / str(cfg.run_name) / "checkpoints" / LAST]
         else:
             candidates = sorted(_model_dir(cfg).glob(f"*/checkpoints/{LAST}"), key=lambda p: p.stat().st_mtime)
-        existing = [c for c in candidates if c.is_file()]
+        existing = [c for c in candidates if is_checkpoint(c)]
         if not existing:
             raise ConfigError(
                 f"ckpt_path=last: no checkpoint to resume under {_model_dir(cfg)}"
@@ -157,9 +170,9 @@ def _resumed_run(cfg: DictConfig) -> Run:
         path = existing[-1]
     else:
         path = Path(ckpt)
-        if path.is_dir():
+        if path.is_dir() and not is_checkpoint(path):  # a run folder
             path = path / "checkpoints" / LAST
-        if not path.is_file():
+        if not is_checkpoint(path):
             raise ConfigError(f"ckpt_path: no checkpoint at '{path}'")
     is_run_folder = path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
     return Run(path.parent.parent if is_run_folder else _new_run_dir(cfg), path)
@@ -178,12 +191,40 @@ def _save_config(cfg: DictConfig, run_dir: Path) -> None:
     path.write_text(text)
 
 
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint file or sharded folder as one dict on the CPU, unpickled safely (`weights_only`:
+    tensors and plain containers only, never code); a clear error for anything else. `mmap`: map
+    the tensors instead of reading them (a cheap check that a file loads)."""
+    path = Path(path)
+    if not is_checkpoint(path):
+        raise ConfigError(f"no checkpoint at '{path}'")
+    try:
+        if path.is_dir():  # FSDP shards, gathered into one full state dict (it must fit in CPU memory)
+            checkpoint = _load_distributed_checkpoint(path)
+            checkpoint["state_dict"] = checkpoint.pop("model")
+            return checkpoint
+        if mmap and not zipfile.is_zipfile(path):  # what torch.save writes; anything else is not a checkpoint
+            raise pickle.UnpicklingError("not a zip archive")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        unsafe = re.search(r"unsupported GLOBAL (\S+)", str(err))
+        if unsafe is None:
+            raise ConfigError(f"'{path}' is not a readable checkpoint (corrupt or truncated?)") from None
+        raise ConfigError(
+            f"'{path}' would run code while loading ({unsafe.group(1).rstrip('.')}), so it is refused: checkpoints "
+            "load with weights_only=True. Only load files you trust, and then with torch.load yourself."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ConfigError(f"'{path}' is not a readable checkpoint ({str(err).splitlines()[0][:200]})") from None
+
+
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> L.LightningModule:
-    """A trained model from a genlab checkpoint alone (its config travels inside it), in eval mode."""
-    checkpoint: dict[str, Any] = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    """A trained model from a genlab checkpoint alone (its config travels inside it), in eval mode on
+    `map_location`. Reads files and FSDP's sharded folders; never unpickles code (`weights_only`)."""
+    checkpoint = read_checkpoint(ckpt_path)
     if "genlab" not in checkpoint:
         raise ConfigError(f"{ckpt_path} is not a genlab checkpoint (no 'genlab' entry with its config)")
     model = instantiate(checkpoint["genlab"]["config"]["model"])
     model.on_load_checkpoint(checkpoint)  # as Lightning does: a model may restore what builds it (GPT's vocabulary)
     model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
+    return model.to(map_location).eval()

@@ -8,12 +8,16 @@ strategy is built, so a preset may name a class that only one family provides.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Literal
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.strategies.fsdp import _setup_activation_checkpointing
 from torch import nn
 
 from genlab.errors import ConfigError
@@ -29,6 +33,56 @@ def ddp_strategy(
         find_unused_parameters=find_unused_parameters,
         static_graph=static_graph,
     )
+
+
+class ShardedDataParallel(FSDPStrategy):
+    """Lightning's FSDP strategy, which also runs on CPU processes (gloo). Lightning refuses an
+    `FSDPStrategy` without a GPU by an exact type check; torch's FSDP itself supports CPU, and a
+    2-process CPU run is how the FSDP path (sharded optimizer, sampling, checkpoints, resume) is
+    tested here, where CI has no GPU."""
+
+    def setup(self, trainer: L.Trainer) -> None:
+        super().setup(trainer)
+        # Lightning's FSDPPrecision refuses norm clipping (`gradient_clip_val`, which the GPT family sets);
+        # FSDP's own `clip_grad_norm_` computes the norm over every rank's shards, which is what it means.
+        self.precision_plugin.clip_grad_by_norm = self._clip_grad_by_norm
+
+    def _clip_grad_by_norm(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
+        self.model.clip_grad_norm_(clip_val)
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        if self.root_device.type != "cpu":
+            return super()._setup_model(model)
+        # torch's FSDP must be told the CPU by name (device_id); Lightning passes the device's index,
+        # None for the CPU, and FSDP then looks for an accelerator and fails. The rest is Lightning's.
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = FullyShardedDataParallel(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=self.root_device,
+            **self.kwargs,
+        )
+        _setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
+        return model
+
+
+@contextmanager
+def full_weights(trainer: L.Trainer | None) -> Iterator[None]:
+    """Within it the model's parameters are whole on every rank, so code outside the training
+    forward (sampling, `generate`, a callback's metric) can run the nets as usual. A no-op except
+    under FSDP, where they are shards between forward passes; there every rank must enter it together
+    (it gathers), and the weights are read-only (`writeback=False`)."""
+    strategy = trainer.strategy if trainer is not None else None
+    if not isinstance(strategy, FSDPStrategy) or strategy.model is None:
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False, recurse=True):
+        yield
 
 
 def fsdp_strategy(
@@ -53,7 +107,7 @@ def fsdp_strategy(
         recompute = {_module_class(path) for path in activation_checkpointing}
     else:
         recompute = None
-    return FSDPStrategy(
+    return ShardedDataParallel(
         auto_wrap_policy=wrap,
         activation_checkpointing_policy=recompute,
         sharding_strategy=sharding_strategy,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import lightning as L
 import torch
@@ -26,6 +27,9 @@ from genlab.instantiate import instantiate
 from genlab.loggers import wandb_run_id
 from genlab.run import RESUME_ENV, RUN_DIR_ENV, launch_rank, prepare_run
 from genlab.strategies import check_launch, describe_batch
+
+# Our samplers resume mid-epoch exactly (genlab.data.images.EpochPosition), which Lightning cannot see.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -46,7 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         config = OmegaConf.to_container(cfg, resolve=True)
         callbacks = [instantiate(node) for node in cfg.callbacks.values()]
-        callbacks.append(RunInfoInCheckpoint(config, wandb_run_id(run.dir)))
+        callbacks.append(RunInfoInCheckpoint(config, wandb_run_id(run.dir), cfg.seed))
         # Always on, whatever the callbacks group says: a preempted run must not be lost.
         callbacks.append(PreemptionCheckpoint(run.dir / "checkpoints", cfg.preempt_signal))
         loggers = [instantiate(node) for node in cfg.logger.values()]
@@ -64,7 +68,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             rank_zero_info(describe_batch(datamodule.batch_size, trainer))
         for logger in loggers:
             logger.log_hyperparams(config)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(run.resume_from) if run.resume_from else None)
+        ckpt_path = str(run.resume_from) if run.resume_from else None
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
         return {key: float(value) for key, value in trainer.callback_metrics.items()}
     finally:
         for key, value in saved_env.items():

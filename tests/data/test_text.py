@@ -55,10 +55,11 @@ def test_windows_samplers():
     sampler.set_epoch(1)
     assert list(sampler) != first
 
-    def keyed(step: int) -> list[list[int]]:  # under a Trainer: keyed by the step the epoch starts at
-        return list(RandomWindows(dm.splits["train"], batch_size=4, num_batches=5, seed=3, first_step=lambda: step))
+    def keyed(before: int, done: int = 0) -> list[list[int]]:  # under a Trainer: keyed by the loop's position
+        return list(RandomWindows(dm.splits["train"], 4, 5, seed=3, position=lambda: (before, done)))
 
     assert keyed(40) == keyed(40) != keyed(60)
+    assert keyed(40, done=2) == keyed(40)[2:]  # resumed mid-epoch: the rest of the same epoch
     val = dm.splits["val"]
     starts = sorted(s for batch in EvalWindows(val, batch_size=4, seed=3) for s in batch)
     assert starts == list(range(0, len(val), 16))  # non-overlapping windows covering the split
@@ -140,3 +141,33 @@ def test_block_size_larger_than_the_data(tmp_path):
     with pytest.raises(DataError, match="block_size=64 is larger than the data"):
         TextDataModule(path=str(source), block_size=64).setup()
     TextDataModule(path=str(source), block_size=16).setup()  # fits
+
+
+def _prepare(path: str, start, results) -> None:
+    start.wait()  # every process tokenizes at the same moment, as the first process of each node does
+    try:
+        TextDataModule(path=path, block_size=8).prepare_data()
+        results.put("ok")
+    except Exception as err:  # reported to the test, which names it
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_nodes_preparing_the_same_file_at_once_all_succeed(tmp_path):
+    """Lightning calls prepare_data once per node; on shared storage the nodes race on one cache."""
+    import multiprocessing
+
+    source = tmp_path / "shared.txt"
+    source.write_text("the quick brown fox jumps over the lazy dog\n" * 60_000, encoding="utf-8")  # ~2.6 MB
+    context = multiprocessing.get_context("fork")  # no torch work in prepare_data: forking is safe and fast
+    start, results = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=_prepare, args=(str(source), start, results)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert sorted(results.get(timeout=5) for _ in workers) == ["ok"] * 3
+    dm = TextDataModule(path=str(source), block_size=8)
+    dm.setup()
+    assert dm.tokenizer.decode(dm.tokens[:9]) == "the quick"
+    assert len(dm.tokens) == len(source.read_text())
+    assert not list(tmp_path.glob(".*.part"))  # no temporary file left behind

@@ -1,19 +1,24 @@
 import itertools
 import math
+import os
 import random
 import re
+import signal
 
 import pytest
 import torch
+from conftest import read_metrics
 
 import genlab
 from genlab.config import compose
 from genlab.data.text import TextDataModule
 from genlab.data.tokenizers import CharTokenizer
 from genlab.errors import ConfigError, DataError
+from genlab.faults import PREEMPTED_EXIT_CODE
 from genlab.instantiate import instantiate
+from genlab.models import gpt as gpt_module
 from genlab.models.gpt import GPTModule, warmup_cosine
-from genlab.train import train
+from genlab.train import main, train
 
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "saw", "one", "big", "red", "dog", "run", "to", "his", "old")
 
@@ -151,3 +156,63 @@ def test_weight_decay_only_on_matrices_and_built_from_the_data():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.net.parameters()))
+
+
+def test_a_signal_mid_epoch_then_resume_equals_an_unbroken_run(tmp_path, monkeypatch):
+    """A real SIGUSR1 in the middle of an epoch: the resumed run draws the rest of that epoch's
+    windows (not a fresh stream) and its dropout continues, so the weights match an unbroken run."""
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus)
+    argv = [*tiny_run_argv(tmp_path, corpus), "model.net.n_layer=1", "model.net.dropout=0.1"]
+    argv += ["model.lr_decay_steps=30", "trainer.limit_train_batches=20", "trainer.max_steps=30"]
+    argv += ["callbacks.samples.num_samples=1", "callbacks.progress.refresh_rate=0"]
+    assert main([*argv, "run_name=unbroken"]) == 0
+
+    original = GPTModule.training_step
+
+    def preempted(self, batch, batch_idx):
+        if self.global_step == 24:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(GPTModule, "training_step", preempted)
+    assert main([*argv, "run_name=stopped", "resume=auto"]) == PREEMPTED_EXIT_CODE
+    monkeypatch.setattr(GPTModule, "training_step", original)
+    assert main([*argv, "run_name=stopped", "resume=auto"]) == 0
+    unbroken, resumed = (
+        torch.load(tmp_path / "gpt" / name / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("unbroken", "stopped")
+    )
+    assert resumed["global_step"] == unbroken["global_step"] == 30
+    for key, value in unbroken["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_logged_rate_and_throughput_are_the_training_steps_own(tmp_path, monkeypatch):
+    """train/lr is the rate the logged step's update used (not the next one), and tokens/s leaves
+    out validation time. A fake clock makes it exact: 10 ms per training step, 5 s per validation batch."""
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus)
+    clock = [0.0]
+    monkeypatch.setattr(gpt_module.time, "perf_counter", lambda: clock[0])
+    for hook, seconds in (("training_step", 0.01), ("validation_step", 5.0)):
+        original = getattr(GPTModule, hook)
+
+        def timed(self, batch, batch_idx, _original=original, _seconds=seconds):
+            clock[0] += _seconds
+            return _original(self, batch, batch_idx)
+
+        monkeypatch.setattr(GPTModule, hook, timed)
+    argv = tiny_run_argv(tmp_path, corpus, "model.net.n_layer=1", "model.warmup_steps=4", "model.lr_decay_steps=12")
+    argv += ["trainer.max_steps=12", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
+    argv += ["trainer.log_every_n_steps=2", "callbacks.samples.every_n_epochs=100", "model.sample_length=4"]
+    train(compose(argv))
+    rows = read_metrics(tmp_path / "gpt" / "tiny")
+    rates = [float(r["train/tokens_per_sec"]) for r in rows if r.get("train/tokens_per_sec")]
+    assert len(rates) >= 4 and rates == pytest.approx([2 * 16 * 32 / 0.02] * len(rates))  # 2 steps of 16 x 32 tokens
+    lr = {int(r["step"]): float(r["train/lr"]) for r in rows if r.get("train/lr")}
+    assert len(lr) >= 4
+    for step, value in lr.items():  # logged beside the loss of step `step`, whose update used schedule(step)
+        assert value == pytest.approx(3e-3 * warmup_cosine(step, warmup_steps=4, decay_steps=12, min_ratio=0.1))
+
+    train(compose([*argv, "run_name=silent", "trainer.log_every_n_steps=0", "trainer.max_steps=4"]))  # no logging

@@ -7,7 +7,7 @@ channels, so any image family runs on any image data.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -39,6 +39,37 @@ def ddp_world() -> tuple[int, int]:
     return (dist.get_world_size(), dist.get_rank()) if ddp else (1, 0)
 
 
+class EpochPosition:
+    """Where the trainer's fit loop stands when a training epoch's batches are drawn, as
+    `(batches trained before this epoch, batches of this epoch already trained)`.
+
+    Training samplers key their shuffle on the first and skip the second, so a run stopped anywhere
+    (mid-epoch by a signal, or at an epoch's end) and resumed draws exactly the batches an unbroken
+    run would. Lightning alone restarts a plain sampler's epoch from its first batch after a
+    mid-epoch stop: the first k batches are trained twice and the last k never. Both numbers come
+    from the loop's own progress counters, restored from the checkpoint before the first batch is
+    drawn, so they hold for any optimizer set-up (a GAN steps twice per batch; accumulation steps
+    once per several); the epoch number does not (Lightning hands a step-budget run resumed at an
+    epoch's end the finished epoch's number).
+    """
+
+    def __init__(self, trainer: L.Trainer) -> None:
+        self.trainer = trainer
+
+    def __call__(self) -> tuple[int, int]:
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        done = progress.current.completed
+        if done >= self.trainer.num_training_batches:  # a checkpoint from an epoch's end: a new epoch starts
+            done = 0
+        return progress.total.completed - done, done
+
+
+def epoch_position(datamodule: L.LightningDataModule) -> Callable[[], tuple[int, int]] | None:
+    """The fit loop's position for a data module's training sampler (None outside a Trainer's fit)."""
+    trainer = datamodule.trainer
+    return EpochPosition(trainer) if trainer is not None else None
+
+
 class TensorImages(Dataset):
     """Images and labels held in memory. Indexed with a list of indices, it returns the whole
     batch with one gather instead of collating samples one by one."""
@@ -57,20 +88,33 @@ class TensorImages(Dataset):
 class ShuffledBatches(DistributedSampler):
     """Yields whole batches of indices, this rank's share of them.
 
-    Why a DistributedSampler: Lightning then leaves it in place under DDP instead of wrapping it,
-    and it reshuffles from `seed + epoch` (Lightning calls `set_epoch`), so a resumed run replays
-    exactly the batches an unbroken run would have seen.
+    Why a DistributedSampler: Lightning then leaves it in place under DDP instead of wrapping it.
+    The order is a permutation keyed by `seed` and, in a Trainer, the fit loop's position
+    (`EpochPosition`): a resumed run replays exactly the batches an unbroken run would have seen,
+    from the next unseen one even after a mid-epoch stop. Without a position (a plain loop),
+    `seed + epoch` as Lightning's `set_epoch` or the caller gives it.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        position: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         world, rank = ddp_world()
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
-        self.batch_size, self.drop_last_batch = batch_size, drop_last
+        self.batch_size, self.drop_last_batch, self.position = batch_size, drop_last, position
 
     def __iter__(self) -> Iterator[list[int]]:
+        skip = 0
+        if self.position is not None:  # runs at the first batch, after Lightning restored its loops
+            self.epoch, skip = self.position()  # DistributedSampler shuffles with seed + epoch
         indices = list(super().__iter__())
         stop = len(indices) - (len(indices) % self.batch_size if self.drop_last_batch else 0)
-        for start in range(0, stop, self.batch_size):
+        for start in range(skip * self.batch_size, stop, self.batch_size):
             yield indices[start : start + self.batch_size]
 
     def __len__(self) -> int:
@@ -129,7 +173,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]
-        sampler = ShuffledBatches(dataset, self.batch_size, shuffle=shuffle, seed=self.seed, drop_last=shuffle)
+        position = epoch_position(self) if split == "train" else None
+        sampler = ShuffledBatches(dataset, self.batch_size, shuffle, self.seed, drop_last=shuffle, position=position)
         return DataLoader(
             dataset,
             batch_size=None,  # the sampler yields batches
@@ -137,6 +182,9 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: making an iterator otherwise draws a worker seed from the global RNG, and a
+            # run resumed mid-epoch makes one at another point than an unbroken run (its noise would shift).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

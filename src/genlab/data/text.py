@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from genlab.data import tokenizers
-from genlab.data.images import ddp_world
+from genlab.data.images import ddp_world, epoch_position
 from genlab.data.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, TokenizerKind
 from genlab.errors import ConfigError, DataError
 
@@ -56,9 +58,23 @@ def url_cache_path(url: str, data_dir: str | Path) -> Path:
     return Path(data_dir) / f"{stem}-{digest}{dot}{ext}"
 
 
+def private_temp_path(path: Path) -> Path:
+    """A temporary name beside `path` that no other process uses. Lightning prepares data once per
+    node, so on shared storage several nodes write the same cache at once: each writes its own
+    file and renames it over the target (atomic; the contents are the same), instead of all
+    writing one `.part` file whose first rename leaves the others failing."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.part")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temp = private_temp_path(path)
+    temp.write_text(text, encoding="utf-8")
+    temp.replace(path)
+
+
 def download(url: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
+    partial = private_temp_path(dest)
     rank_zero_info(f"Downloading {url} to {dest}")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
@@ -98,17 +114,19 @@ def tokenize_file(source: Path, kind: TokenizerKind, bin_path: Path) -> tuple[To
         tokenizer: Tokenizer = CharTokenizer.from_code_points(points)
     else:
         tokenizer = ByteTokenizer()
-    partial = bin_path.with_name(bin_path.name + ".part")
+    partial = private_temp_path(bin_path)
     count = 0
-    with open(partial, "wb") as out:
-        for chunk in read_chunks(source):
-            ids = tokenizer.encode(chunk)
-            ids.tofile(out)
-            count += len(ids)
-    if count == 0:
-        partial.unlink()
-        raise DataError(f"'{source}' is empty: give a file with some text")
-    partial.replace(bin_path)
+    try:
+        with open(partial, "wb") as out:
+            for chunk in read_chunks(source):
+                ids = tokenizer.encode(chunk)
+                ids.tofile(out)
+                count += len(ids)
+        if count == 0:
+            raise DataError(f"'{source}' is empty: give a file with some text")
+        partial.replace(bin_path)
+    finally:
+        partial.unlink(missing_ok=True)
     return tokenizer, count
 
 
@@ -145,11 +163,10 @@ class RandomWindows(DistributedSampler):
     """`num_batches` batches of random window starts for this rank (a DistributedSampler, so
     Lightning leaves it in place under DDP).
 
-    The draws depend on `seed` and the training step the epoch starts at (`first_step()`, the
-    trainer's global step), so a resumed run sees the batches an unbroken run would. Not the epoch
-    number: in a step-based run Lightning resumes from a checkpoint written at an epoch's end with
-    `set_epoch` of the epoch just finished, which would replay its batches. Without `first_step`
-    (a plain loop), the epoch given to `set_epoch` is used.
+    The draws depend on `seed` and the fit loop's position (`EpochPosition`: the batches trained
+    before this epoch, and those of this epoch already trained, which are drawn and skipped), so a
+    run resumed from any checkpoint, mid-epoch too, sees the batches an unbroken run would. Without
+    a position (a plain loop), the epoch given to `set_epoch` is used.
     """
 
     def __init__(
@@ -158,18 +175,19 @@ class RandomWindows(DistributedSampler):
         batch_size: int,
         num_batches: int,
         seed: int,
-        first_step: Callable[[], int] | None = None,
+        position: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         world, rank = ddp_world()
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.batch_size, self.num_batches, self.first_step = batch_size, num_batches, first_step
+        self.batch_size, self.num_batches, self.position = batch_size, num_batches, position
 
     def __iter__(self) -> Iterator[list[int]]:
-        key = self.first_step() if self.first_step is not None else self.epoch
+        key, skip = self.position() if self.position is not None else (self.epoch, 0)
         generator = torch.Generator().manual_seed(hash((self.seed, key)) % 2**63)  # int hashes are not salted
-        for _ in range(self.num_batches):  # batch by batch: an epoch of a large corpus has many
+        for batch in range(self.num_batches):  # batch by batch: an epoch of a large corpus has many
             starts = torch.randint(len(self.dataset), (self.num_replicas, self.batch_size), generator=generator)
-            yield starts[self.rank].tolist()  # every rank draws all ranks' starts and keeps its own
+            if batch >= skip:
+                yield starts[self.rank].tolist()  # every rank draws all ranks' starts and keeps its own
 
     def __len__(self) -> int:
         return self.num_batches
@@ -285,7 +303,7 @@ class TextDataModule(L.LightningDataModule):
                 "source_bytes": stat.st_size,
                 "source_mtime_ns": stat.st_mtime_ns,
             }
-            meta_path.write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_atomically(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")
 
     def _load(self) -> tuple[Tokenizer, np.ndarray]:
         source = self.source
@@ -333,15 +351,16 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: making an iterator otherwise draws a worker seed from the global RNG, and a
+            # run resumed mid-epoch makes one at another point than an unbroken run (its noise would shift).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
         train = self.splits["train"]
         world, _ = ddp_world()
         num_batches = max(1, (train.stop - train.start) // (self.block_size * self.batch_size * world))
-        trainer = self.trainer
-        first_step = (lambda: trainer.global_step) if trainer is not None else None
-        return self._loader(RandomWindows(train, self.batch_size, num_batches, self.seed, first_step))
+        return self._loader(RandomWindows(train, self.batch_size, num_batches, self.seed, epoch_position(self)))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(EvalWindows(self.splits["val"], self.batch_size, self.seed))

@@ -167,7 +167,7 @@ class GPTModule(L.LightningModule):
         self._validation_began = time.perf_counter()
 
     def on_validation_end(self) -> None:
-        if self.trainer.training:  # validation inside fit (not trainer.validate)
+        if self.trainer.state.fn == "fit":  # validation inside fit (not trainer.validate)
             self._paused += time.perf_counter() - self._validation_began
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
