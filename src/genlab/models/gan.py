@@ -27,7 +27,9 @@ Lightning details this module takes care of (FIELD_NOTES §4):
 
 Metrics: `train/d_loss`, `train/g_loss`, `train/d_real` and `train/d_fake` (mean D outputs on real
 and fake images: logits, or critic values for hinge/WGAN), `train/gp`, `train/r1` when on,
-`train/loss` = d_loss + g_loss (finite iff both are; its level is not a quality measure).
+`train/loss` = D's objective with its penalties + G's loss on G's batches (what the NaN guard
+checks; its level is not a quality measure). `train/g_loss` is G's latest loss (with n_critic > 1
+not every written batch is a G step).
 
 `val/loss` (what the best checkpoint means): the Frechet distance between Gaussians fitted to the
 validation images and to as many EMA-G samples (fixed noise, so epochs compare), in a feature space
@@ -117,6 +119,7 @@ class GANModule(L.LightningModule):
         self.val_distance = FrechetInceptionDistance(feature=PooledPixels(channels, image_size))
         self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))
+        self._last_g_loss: torch.Tensor | None = None
 
     # --- set-up checks: each names the key to change ---------------------------------------------
 
@@ -207,8 +210,8 @@ class GANModule(L.LightningModule):
             schedulers = self.lr_schedulers()
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
                 scheduler.step()
-            logs["train/g_loss"] = g_loss.detach()
-            loss = loss + logs["train/g_loss"]
+            self._last_g_loss = g_loss.detach()  # logged with the next written batch when n_critic > 1
+            loss = loss + self._last_g_loss
             if hp.max_g_steps is not None and int(self.g_steps) >= hp.max_g_steps:
                 self.trainer.should_stop = True
         # Only on the batches whose metrics the logger writes (Lightning's rule: every log_every_n_steps
@@ -216,6 +219,8 @@ class GANModule(L.LightningModule):
         # 10-20% of a small GAN's step, and values logged in between would only be overwritten.
         every = self.trainer.log_every_n_steps
         if (every and int(self.d_steps) % every == 0) or self.trainer.should_stop:
+            if self._last_g_loss is not None:
+                logs["train/g_loss"] = self._last_g_loss
             logs["train/loss"] = loss
             logs["train/g_step"] = self.g_steps.float()
             self.log_dict(logs, prog_bar=False)
