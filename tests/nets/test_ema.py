@@ -52,3 +52,8 @@ def test_state_dict_round_trip_is_exact_and_shadow_stays_in_eval_mode() -> None:
     assert not copy.shadow.training  # no dropout when sampling from the average
     x = torch.randn(5, 4)
     torch.testing.assert_close(copy(x), ema(x))
+
+
+def test_half_life_decay_halves_an_old_weight() -> None:
+    decay = EMA.decay_for_half_life(100)
+    assert abs(decay**100 - 0.5) < 1e-12

@@ -1,8 +1,19 @@
 """Plain `nn.Module`s: no training logic, no Lightning."""
 
+from genlab.nets.augment import DiffAugment
 from genlab.nets.classifier import ConvClassifier
 from genlab.nets.conv import ConvDecoder, ConvEncoder
+from genlab.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from genlab.nets.flow import Glow
 from genlab.nets.unet import UNet
 
-__all__ = ["ConvClassifier", "ConvDecoder", "ConvEncoder", "Glow", "UNet"]
+__all__ = [
+    "ConvClassifier",
+    "ConvDecoder",
+    "ConvEncoder",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "DiffAugment",
+    "Glow",
+    "UNet",
+]

@@ -41,6 +41,15 @@ class EMA(nn.Module):
         self.shadow = copy.deepcopy(net).requires_grad_(False).eval()
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
+    @staticmethod
+    def decay_for_half_life(updates: float) -> float:
+        """The decay whose shadow forgets half of an old weight in `updates` updates: 0.5 ** (1 / updates).
+        A half-life is easier to choose than a decay (Karras et al. 2018 give G's in images: divide
+        by the batch size to get updates)."""
+        if updates <= 0:
+            raise ValueError(f"EMA half-life must be positive, got {updates}")
+        return 0.5 ** (1.0 / updates)
+
     def train(self, mode: bool = True) -> EMA:
         # The shadow only ever runs for sampling: keep it in eval mode (no dropout) whatever the parent does.
         super().train(mode)
