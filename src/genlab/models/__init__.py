@@ -1,6 +1,7 @@
 """LightningModules, one per family: objective, optimizers, logging and `sample(n)`."""
 
+from genlab.models.diffusion import DiffusionModule
 from genlab.models.flow import FlowModule
 from genlab.models.vae import VAEModule
 
-__all__ = ["FlowModule", "VAEModule"]
+__all__ = ["DiffusionModule", "FlowModule", "VAEModule"]
