@@ -110,3 +110,15 @@ def test_text_family_writes_text_with_prompt_and_temperature(tmp_path: Path) -> 
     assert text == (tmp_path / "t" / "sample-n3-seed0-temperature0.5.txt").read_text()  # seeded
     assert text.count("the ") >= 3 and text.count("----------") == 2
     assert main([str(run), "n=2", "steps=5"]) == 2  # a GPT's sample() takes no steps
+
+
+def test_a_family_that_can_be_either_says_whether_this_model_is_conditional() -> None:
+    from genlab.config import compose
+    from genlab.instantiate import instantiate
+    from genlab.sample import is_conditional
+
+    assert is_conditional(instantiate(compose(["model=diffusion"]).model))  # labels by default
+    unconditional = ["model=diffusion", "model.net.conditioning=null", "model.guidance=1.0"]
+    assert not is_conditional(instantiate(compose(unconditional).model))
+    assert not is_conditional(instantiate(compose(["model=gan"]).model))
+    assert is_conditional(instantiate(compose(["model=gan", "model.conditional=true"]).model))

@@ -209,7 +209,8 @@ class NaNGuard(L.Callback):
             f"{what} not finite at step {trainer.global_step} (epoch {trainer.current_epoch}); training stopped"
             + (" after this step's update" if updated else " before updating the weights")
             + f". Last good checkpoint: {checkpoint or 'none saved yet'}. Try a lower learning rate, "
-            "trainer.gradient_clip_val=1.0, bf16-mixed instead of 16-mixed, or callbacks.nan_guard.action=skip."
+            + ("trainer" if trainer.lightning_module.automatic_optimization else "model")  # manual: the module clips
+            + ".gradient_clip_val=1.0, bf16-mixed instead of 16-mixed, or callbacks.nan_guard.action=skip."
         )
 
 

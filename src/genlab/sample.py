@@ -92,7 +92,9 @@ def accepts(method: Any) -> set[str]:
 
 
 def is_conditional(model: L.LightningModule) -> bool:
-    return "labels" in accepts(model.sample)
+    """Does the model draw for given labels? Its `sample()` takes `labels` and, when the family can be
+    either (diffusion, GAN), its `conditional` attribute says which this model is."""
+    return "labels" in accepts(model.sample) and bool(getattr(model, "conditional", True))
 
 
 def _check_options(method: Any, family: str, options: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ class _NoAdverts(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 # Our samplers resume mid-epoch exactly (genlab.data.images.EpochPosition), which Lightning cannot see.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# The EMA copies (genlab.nets.ema) stay in eval mode on purpose: they only ever sample.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 # Lightning 2.6 with torch >= 2.10 warns on every run about its own use of a torch API.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 

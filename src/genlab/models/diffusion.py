@@ -75,6 +75,11 @@ class DiffusionModule(L.LightningModule):
                 "(model.net.conditioning.drop_prob=0), so it has no unconditional prediction to guide with"
             )
 
+    @property
+    def conditional(self) -> bool:
+        """Whether `sample(labels=...)` applies (`genlab.sample` and `genlab.evaluate` ask)."""
+        return self.conditioning is not None
+
     def _check_labels(self, labels: torch.Tensor, n: int) -> torch.Tensor:
         if self.conditioning is None:
             raise ConfigError("sample(labels=...): the model is unconditional (model.net.conditioning is null)")

@@ -244,6 +244,11 @@ class GANModule(L.LightningModule):
         self.val_distance.update(fake, real=False)
         self.log("val/loss", self.val_distance, on_epoch=True, on_step=False)
 
+    @property
+    def conditional(self) -> bool:
+        """Whether `sample(labels=...)` applies (`genlab.sample` and `genlab.evaluate` ask)."""
+        return bool(self.hparams.conditional)
+
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
         """`n` images `(n, C, H, W)` in [-1, 1] from z ~ N(0, I) (the global RNG: seeded by
