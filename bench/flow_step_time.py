@@ -21,45 +21,14 @@ import time
 
 import lightning as L
 import torch
-from omegaconf import open_dict
+import vae_step_time
+from vae_step_time import StepTimer, genlab_epochs  # noqa: F401  (genlab_epochs builds __main__.StepTimer)
 
 from genlab.config import compose
 from genlab.instantiate import instantiate
-from genlab.train import train
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
-
-
-class StepTimer(L.Callback):
-    """Seconds per step of each training epoch, measured from its first batch to its last."""
-
-    per_step: list[float] = []
-    epoch_wall: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = clock()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == 0:
-            self._first = clock()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._last, self._steps = clock(), batch_idx + 1
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        StepTimer.per_step.append((self._last - self._first) / self._steps)
-        StepTimer.epoch_wall.append((clock() - self._epoch_start) / self._steps)
-
-
-def genlab_epochs(overrides: list[str], epochs: int, log_dir: str) -> tuple[float, float]:
-    StepTimer.per_step, StepTimer.epoch_wall = [], []
-    cfg = compose([f"log_dir={log_dir}", f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", *overrides])
-    with open_dict(cfg):
-        cfg.callbacks.timer = {"_target_": "__main__.StepTimer"}
-        del cfg.callbacks.early_stopping  # it watches val/bpd, and validation is off on both sides
-    train(cfg)
-    return statistics.median(StepTimer.per_step[1:]), statistics.median(StepTimer.epoch_wall[1:])
 
 
 def plain_epochs(overrides: list[str], epochs: int) -> float:
@@ -104,13 +73,13 @@ def main() -> None:
     )
     args, overrides = parser.parse_known_args()
     global clock
-    clock = CLOCKS[args.clock]
+    clock = vae_step_time.clock = CLOCKS[args.clock]
     overrides = ["model=flow", "callbacks.progress.refresh_rate=0", "trainer.enable_model_summary=false", *overrides]
     plain, ours, ours_wall = [], [], []
     with tempfile.TemporaryDirectory() as log_dir:
         for _ in range(args.rounds):
             plain.append(plain_epochs(overrides, args.epochs))
-            step, wall = genlab_epochs(overrides, args.epochs, log_dir)
+            step, wall = genlab_epochs(overrides, args.epochs, log_dir, drop_callbacks=("early_stopping",))
             ours.append(step)
             ours_wall.append(wall)
     p, g, w = statistics.median(plain), statistics.median(ours), statistics.median(ours_wall)
