@@ -56,3 +56,27 @@ def test_declared_levels_must_match_the_values() -> None:
         with pytest.raises(DataError, match=f"data.levels={wrong} does not match the data") as err:
             _setup(levels=wrong)
         assert hint in str(err.value) and "\n" not in str(err.value)
+
+
+def test_exclude_labels_leaves_a_class_out_of_train_and_val_only() -> None:
+    """make anomaly's held-out class: gone from train and val, all of it still in test, the other
+    images where the plain split put them."""
+    plain, held = _setup(seed=0), _setup(seed=0, exclude_labels=[7])
+    for split in ("train", "val"):
+        labels = held.splits[split].dataset.labels[held.splits[split].indices]
+        assert 7 not in labels.tolist() and len(labels) > 0
+        kept = [i for i in plain.splits[split].indices if plain.splits[split].dataset.labels[i] != 7]
+        assert held.splits[split].indices == kept
+    assert held.splits["test"].indices == plain.splits["test"].indices
+    excluded = held.splits["excluded"]
+    assert len(excluded) > 100 and set(excluded.dataset.labels[excluded.indices].tolist()) == {7}
+    train_labels = torch.cat([y for _, y in held.train_dataloader()])
+    assert 7 not in train_labels.tolist()
+
+
+@pytest.mark.parametrize("bad", [[10], [-1], list(range(10))])
+def test_exclude_labels_outside_the_classes_is_one_config_error(bad: list[int]) -> None:
+    from genlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.exclude_labels"):
+        DigitsDataModule(exclude_labels=bad)

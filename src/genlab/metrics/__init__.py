@@ -30,12 +30,14 @@ from genlab.metrics.callback import SampleMetrics
 from genlab.metrics.features import (
     ClassifierFeatures,
     InceptionFeatures,
+    classifier_accuracy,
     classifier_features,
     digits_features,
     make_features,
     split_tensors,
+    train_classifier,
 )
-from genlab.metrics.image import MIN_SAMPLES, check_count, extract, fid_kid, image_metrics, label_accuracy, memorisation
+from genlab.metrics.image import MIN_SAMPLES, check_count, extract, fid_kid, image_metrics, label_accuracy, memorisation, nearest_distance
 from genlab.metrics.prdc import prdc
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "SampleMetrics",
     "check_count",
     "classifier_features",
+    "classifier_accuracy",
     "digits_features",
     "extract",
     "fid_kid",
@@ -52,6 +55,8 @@ __all__ = [
     "label_accuracy",
     "make_features",
     "memorisation",
+    "nearest_distance",
     "prdc",
     "split_tensors",
+    "train_classifier",
 ]

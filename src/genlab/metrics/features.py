@@ -133,22 +133,27 @@ def digits_features(image_size: int = 8, channels: int = 1, seed: int = 0, cache
     return classifier_features(datamodule, cache_dir)
 
 
-def train_classifier(net: ConvClassifier, images: torch.Tensor, labels: torch.Tensor) -> None:
+def train_classifier(
+    net: ConvClassifier, images: torch.Tensor, labels: torch.Tensor, steps: int | None = None, seed: int = 0
+) -> None:
     """Adam with a cosine-decayed rate and random 1-pixel shifts (digits are small: it overfits
-    without them), seeded: the same data give the same classifier."""
+    without them), seeded: the same data and `seed` give the same classifier. `steps`: optimizer
+    steps (default: the recipe's epochs over `images`); genlab.apps gives a fixed number so runs on
+    100 or 1,100 images train equally long."""
     recipe = CLASSIFIER_RECIPE
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     # Called from a validation hook (SampleMetrics) it would run under Lightning's inference mode:
     # leave it, and copy the images out of it, so autograd works.
     with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
         images, labels = images.clone(), labels.clone()
-        torch.manual_seed(0)  # dropout draws; the caller's RNG is left as it was
+        torch.manual_seed(seed)  # dropout draws; the caller's RNG is left as it was
         optimizer = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
-        steps = recipe["epochs"] * -(-len(images) // recipe["batch_size"])
+        steps = steps or recipe["epochs"] * -(-len(images) // recipe["batch_size"])
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         pad = max(1, images.shape[-1] // 8)  # one pixel at 8x8, scaled with the size
         net.train()
-        for _ in range(recipe["epochs"]):
+        done = 0
+        while done < steps:  # epochs: a fresh permutation each
             for index in torch.randperm(len(images), generator=generator).split(recipe["batch_size"]):
                 x = F.pad(images[index], (pad,) * 4, value=-1.0)  # background is -1
                 dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
@@ -158,6 +163,9 @@ def train_classifier(net: ConvClassifier, images: torch.Tensor, labels: torch.Te
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                done += 1
+                if done == steps:
+                    break
     net.eval()
 
 

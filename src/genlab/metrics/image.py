@@ -81,7 +81,7 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, kid_subsets: 
     return {"fid": fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item()}
 
 
-def _nearest_distance(x: torch.Tensor, reference: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
+def nearest_distance(x: torch.Tensor, reference: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
     """RMS pixel distance from each image of `x` to its nearest image in `reference`, `(N,)`."""
     x, reference = x.flatten(1).float(), reference.flatten(1).float()
     out = []
@@ -108,9 +108,9 @@ def memorisation(samples: torch.Tensor, real_train: torch.Tensor, seed: int = 0)
     train = real_train
     if len(train) > 2000:  # calibration only: a seeded 2,000-image subset keeps it O(2000 x N)
         train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:2000]]
-    real_nn = _nearest_distance(train, train, exclude_self=True)
+    real_nn = nearest_distance(train, train, exclude_self=True)
     threshold = NEAR_COPY_FACTOR * torch.quantile(real_nn, 0.01).item()
-    sample_nn = _nearest_distance(samples, real_train)
+    sample_nn = nearest_distance(samples, real_train)
     return {
         "nn_dist": sample_nn.median().item(),
         "nn_dist_ratio": (sample_nn.median() / real_nn.median()).item(),
