@@ -1,7 +1,7 @@
 """Anomaly detection with a held-out class: train a family without one digit, then ask how unusual it
 finds that digit.
 
-    python -m genlab.apps.anomaly model=flow holdout=7          # or: genlab-anomaly ..., make anomaly MODEL=flow HOLDOUT=7
+    python -m genlab.apps.anomaly model=flow holdout=7     # or: genlab-anomaly ..., make anomaly MODEL=flow HOLDOUT=7
     python -m genlab.apps.anomaly model=vae holdout=7 trainer.max_epochs=20    # dotted keys: genlab.train overrides
     python -m genlab.apps.anomaly run=logs/vae/anomaly-holdout7                # score a run trained before
 
@@ -148,7 +148,10 @@ def table(report: dict[str, Any]) -> str:
         f"the test split, the rest from train/val) vs {report['negatives']} test images of the other classes",
         f"  {'score':<52} {'AUROC':>6} {'test split only':>16}",
     ]
-    for name, label in (("model", report["score"]), ("nearest_neighbour", "baseline: pixel distance to nearest training image")):
+    for name, label in (
+        ("model", report["score"]),
+        ("nearest_neighbour", "baseline: pixel distance to nearest training image"),
+    ):
         f = report["figures"][name]
         lines.append(f"  {label[:52]:<52} {f['auroc']:>6.3f} {f['auroc_test_split_only']:>16.3f}")
     trained = f"trained {report['train_s']:.0f} s, " if report["train_s"] is not None else ""

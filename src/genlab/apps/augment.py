@@ -38,7 +38,10 @@ from genlab.metrics import classifier_accuracy, split_tensors
 from genlab.sample import BATCH_SIZE, class_labels, draw, is_conditional, load, num_classes, run_dir_of
 
 OPTIONS: dict[str, tuple[type, str]] = {
-    "run": (str, "a conditional model's run folder or .ckpt (diffusion, flow_matching; gan with model.conditional=true)"),
+    "run": (
+        str,
+        "a conditional model's run folder or .ckpt (diffusion, flow_matching; gan with model.conditional=true)",
+    ),
     "per_class": (int, "real labelled images per class in the scarce subset (default 10)"),
     "n": (int, "synthetic samples, classes in turn, drawn once with seed 0 (default 1000)"),
     "seeds": (int, "seeds 0..seeds-1: the subset and the classifier's init and batches differ by seed (default 5)"),
@@ -98,7 +101,13 @@ def augment(args: dict[str, Any], overrides: list[str] | None = None) -> dict[st
     tic = time.perf_counter()
     labels = class_labels(n, classes, None)
     synth = draw(
-        model, n, 0, labels, option(args, "batch_size", BATCH_SIZE), steps=args.get("steps"), guidance=args.get("guidance")
+        model,
+        n,
+        0,
+        labels,
+        option(args, "batch_size", BATCH_SIZE),
+        steps=args.get("steps"),
+        guidance=args.get("guidance"),
     ).clamp(-1, 1)
     sampling_s = time.perf_counter() - tic
     accuracies: dict[str, list[float]] = {arm: [] for arm in ARMS}
@@ -156,8 +165,12 @@ def table(report: dict[str, Any]) -> str:
     }
     for arm, name in names.items():
         lines.append(f"  {name:<36} {100 * acc[arm]['mean']:>8.1f}% +- {100 * acc[arm]['std']:.1f}")
-    lines.append(f"gain from synthetic data: {100 * gain['mean']:+.1f} points +- {100 * gain['std']:.1f} (paired by seed)")
-    lines.append(f"sampling {report['sampling_s']:.0f} s, total {report['wall_s']:.0f} s on {report['threads']} thread(s)")
+    lines.append(
+        f"gain from synthetic data: {100 * gain['mean']:+.1f} points +- {100 * gain['std']:.1f} (paired by seed)"
+    )
+    lines.append(
+        f"sampling {report['sampling_s']:.0f} s, total {report['wall_s']:.0f} s on {report['threads']} thread(s)"
+    )
     lines.append(f"wrote {report['written']}")
     return "\n".join(lines)
 

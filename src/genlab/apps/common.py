@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from sklearn.metrics import roc_auc_score
 
+from genlab.config import EXPERIMENT, GROUPS
 from genlab.errors import ConfigError, GenlabError
 from genlab.metrics import train_classifier
 from genlab.metrics.features import CLASSIFIER_RECIPE
@@ -22,7 +23,8 @@ def parse_options(
     argv: list[str], options: dict[str, tuple[type, str]], command: str, overrides: bool = False
 ) -> tuple[dict[str, Any], list[str]]:
     """`key=value` tokens (or `--key=value`) into typed options; with `overrides`, dotted keys
-    (`trainer.max_epochs=5`) are returned apart, as genlab.train overrides. A bare first token is `run`."""
+    (`trainer.max_epochs=5`) and config group choices (`trainer=gpu`) are returned apart, as
+    genlab.train overrides. A bare first token is `run`."""
     args: dict[str, Any] = {}
     rest: list[str] = []
     for token in argv:
@@ -33,7 +35,7 @@ def parse_options(
         elif bare:
             raise ConfigError(f"cannot read '{token}': write key=value (options: {', '.join(options)})")
         if key not in options:
-            if overrides and "." in key:
+            if overrides and ("." in key or key in (*GROUPS, EXPERIMENT)):
                 rest.append(token.lstrip("-"))
                 continue
             extra = "; or a dotted config override such as trainer.max_epochs=5" if overrides else ""

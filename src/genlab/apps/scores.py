@@ -56,7 +56,9 @@ def anomaly_scores(model: torch.nn.Module, images: torch.Tensor, k: int = 16, se
                 out.append(model.importance_weighted_nll(x, k))
             else:  # GANModule
                 if model.conditional:
-                    raise ConfigError("model: a conditional GAN's discriminator needs labels: score an unconditional one")
+                    raise ConfigError(
+                        "model: a conditional GAN's discriminator needs labels: score an unconditional one"
+                    )
                 out.append(-model.discriminator(x, None).flatten())
         return torch.cat(out).float().cpu()
 
@@ -70,7 +72,9 @@ def _denoising_error(model: torch.nn.Module, images: torch.Tensor, k: int, seed:
             "unconditional prediction to score with"
         )
     generator = torch.Generator().manual_seed(seed)
-    draws = [(process.draw_t(1, "cpu", generator), torch.randn(1, *images.shape[1:], generator=generator)) for _ in range(k)]
+    draws = [
+        (process.draw_t(1, "cpu", generator), torch.randn(1, *images.shape[1:], generator=generator)) for _ in range(k)
+    ]
     total = torch.zeros(len(images))
     for start in range(0, len(images), BATCH):
         x = images[start : start + BATCH].to(model.device)

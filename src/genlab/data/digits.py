@@ -8,8 +8,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, Subset
 
-from genlab.errors import ConfigError
 from genlab.data.images import ImageDataModule, TensorImages, to_model_range
+from genlab.errors import ConfigError
 
 
 class DigitsDataModule(ImageDataModule):

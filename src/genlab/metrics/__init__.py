@@ -37,7 +37,16 @@ from genlab.metrics.features import (
     split_tensors,
     train_classifier,
 )
-from genlab.metrics.image import MIN_SAMPLES, check_count, extract, fid_kid, image_metrics, label_accuracy, memorisation, nearest_distance
+from genlab.metrics.image import (
+    MIN_SAMPLES,
+    check_count,
+    extract,
+    fid_kid,
+    image_metrics,
+    label_accuracy,
+    memorisation,
+    nearest_distance,
+)
 from genlab.metrics.prdc import prdc
 
 __all__ = [
@@ -46,8 +55,8 @@ __all__ = [
     "InceptionFeatures",
     "SampleMetrics",
     "check_count",
-    "classifier_features",
     "classifier_accuracy",
+    "classifier_features",
     "digits_features",
     "extract",
     "fid_kid",

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genlab.apps.detect import detect, main
+from genlab.errors import ConfigError
+
+from .conftest import TINY, TINY_VAE
+
+FIELDS = ("checkpoint", "model", "train_s", "sample_s", "nn_dist_ratio", "auroc_dedicated", "auroc_pooled")
+
+
+def test_detect_on_given_runs_writes_every_field(app_runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "detect.json"
+    runs = f"{app_runs['vae']},{app_runs['gan_cond']}/checkpoints/last.ckpt"
+    assert main([f"runs={runs}", "n_train=100", "train_steps=20", f"out={out}"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["families"]) == {"vae", "gan"}
+    for name, family in report["families"].items():
+        for key in FIELDS:
+            assert key in family, (name, key)
+        assert 0 <= family["auroc_dedicated"] <= 1 and 0 <= family["auroc_pooled"] <= 1
+        assert family["train_s"] is None  # given, not trained here
+    assert report["hardest_to_detect"] in report["families"] and report["trained_here"] is False
+    assert report["real_test_images"] == report["n_test_per_family"] == 180
+    assert report["pooled_share_per_family"] == 50
+    assert "hardest to tell from real" in capsys.readouterr().out
+
+
+def test_detect_trains_each_family_when_no_runs_are_given(tmp_path: Path) -> None:
+    report = detect(
+        {"families": "vae", "log_dir": str(tmp_path), "n_train": 50, "train_steps": 10},
+        [*TINY_VAE[1:], *TINY],
+    )
+    assert report["trained_here"] and report["families"]["vae"]["train_s"] > 0
+    assert (tmp_path / "vae" / "detect" / "checkpoints" / "last.ckpt").is_file()
+    assert Path(report["written"]) == tmp_path / "detect.json"
+
+
+def test_detect_refuses_unknown_families_in_one_line(capsys) -> None:
+    assert main(["families=vae,gpt"]) == 2
+    err = capsys.readouterr().err
+    assert "gpt is not an image family" in err and err.count("\n") == 1
+    with pytest.raises(ConfigError, match="overrides apply to training"):
+        detect({"runs": "logs/x"}, ["trainer.max_epochs=1"])
