@@ -19,9 +19,12 @@ PROMPT ?=
 TEMPERATURE ?=
 EXPORT ?=
 QUICK  ?=
+# make augment / anomaly / detect (README "Applications")
+HOLDOUT ?= 7
+RUNS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep agent sample eval results test test-all lint format bench clean
+.PHONY: help install train sweep agent sample eval results augment anomaly detect test test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +64,16 @@ eval: install  ## score a run (FID/KID/PRDC, test bits/dim or loss): make eval R
 
 results: install  ## train + evaluate every family, write docs/results.md (~40 min on 2 cores); QUICK=1: a smoke run
 	$(PY) -m genlab.results $(if $(QUICK),--quick) $(ARGS)
+
+augment: install  ## synthetic data for a 10-per-class classifier: make augment RUN=logs/diffusion/<run> (conditional)
+	@test -n "$(RUN)" || { echo "make augment: give a conditional model's run: RUN=logs/diffusion/<run folder> (or a .ckpt)" >&2; exit 2; }
+	$(PY) -m genlab.apps.augment $(RUN) $(if $(N),n=$(N)) $(ARGS)
+
+anomaly: install  ## train MODEL without class HOLDOUT, AUROC of its score vs nearest neighbour: make anomaly MODEL=flow HOLDOUT=7
+	$(PY) -m genlab.apps.anomaly model=$(MODEL) holdout=$(HOLDOUT) $(ARGS)
+
+detect: install  ## real-vs-generated detector per family: make detect [RUNS=logs/vae/<run>,logs/gan/<run>] (none: trains each briefly)
+	$(PY) -m genlab.apps.detect $(if $(RUNS),runs=$(RUNS)) $(ARGS)
 
 test: install  ## run the fast test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest -q
