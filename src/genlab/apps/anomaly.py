@@ -120,7 +120,8 @@ def anomaly(args: dict[str, Any], overrides: list[str] | None = None) -> dict[st
         "model": type(model).__name__,
         "family": Path(config.get("run_dir") or ckpt.parent.parent).parent.name,  # <log_dir>/<family>/<run>
         "holdout": holdout,
-        "score": method(model),
+        "score": method(model)[1],
+        "score_name": method(model)[0],
         "baseline": "RMS pixel distance to the nearest training image (training split without the held-out class)",
         "k": k,
         "seed": seed,
@@ -149,11 +150,12 @@ def table(report: dict[str, Any]) -> str:
         f"  {'score':<52} {'AUROC':>6} {'test split only':>16}",
     ]
     for name, label in (
-        ("model", report["score"]),
+        ("model", f"{report['family']}: {report['score_name']} (k={report['k']})"),
         ("nearest_neighbour", "baseline: pixel distance to nearest training image"),
     ):
         f = report["figures"][name]
-        lines.append(f"  {label[:52]:<52} {f['auroc']:>6.3f} {f['auroc_test_split_only']:>16.3f}")
+        lines.append(f"  {label:<52} {f['auroc']:>6.3f} {f['auroc_test_split_only']:>16.3f}")
+    lines.append(f"score: {report['score']}")
     trained = f"trained {report['train_s']:.0f} s, " if report["train_s"] is not None else ""
     lines.append(
         f"AUROC: 0.5 is chance, 1 perfect. {trained}scored {report['score_s']:.0f} s, total {report['wall_s']:.0f} s "

@@ -19,16 +19,21 @@ import torch
 
 from genlab.errors import ConfigError
 
+# (short name for tables, what it is)
 METHODS = {
-    "FlowModule": "flow: exact -log P(x) (nats), mean over k dequantization draws",
-    "VAEModule": "VAE: importance-weighted bound on -log p(x) (nats), k posterior samples",
-    "DiffusionModule": "diffusion/flow matching: per-image training loss (noise or velocity error), k (t, noise) draws",
-    "GANModule": "GAN: -D(x), the discriminator's output negated (no likelihood)",
+    "FlowModule": ("exact NLL", "flow: exact -log P(x) (nats), mean over k dequantization draws"),
+    "VAEModule": ("IWAE bound on the NLL", "VAE: importance-weighted bound on -log p(x) (nats), k posterior samples"),
+    "DiffusionModule": (
+        "denoising error",
+        "diffusion/flow matching: per-image training loss (noise or velocity error), k (t, noise) draws",
+    ),
+    "GANModule": ("-D(x)", "GAN: -D(x), the discriminator's output negated (no likelihood)"),
 }
 BATCH = 256
 
 
-def method(model: torch.nn.Module) -> str:
+def method(model: torch.nn.Module) -> tuple[str, str]:
+    """(short name, description) of the family's score; a one-line error for families without one."""
     name = type(model).__name__
     if name not in METHODS:
         raise ConfigError(
