@@ -28,6 +28,8 @@ def test_quick_results_page(tmp_path: Path, cache: Path) -> None:
     assert "![vae samples](results/vae_samples.png)" in page
     for name in ("vae_samples.png", "vae_loss.svg"):
         assert (out.parent / "results" / name).stat().st_size > 0, name
+    assert "| `vae` |" in page.split("## Applications")[1]  # make detect on the page's runs (genlab.apps.page)
+    assert (out.parent / "results" / "detect.json").is_file()
 
 
 @pytest.mark.slow

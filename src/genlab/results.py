@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", default="logs/results")
     parser.add_argument("--n", type=int, default=1000, help="samples for the image metrics")
     parser.add_argument("--cache-dir", default="data")
+    parser.add_argument("--no-apps", action="store_true", help="leave out the Applications section (augment, detect)")
     args = parser.parse_args(argv)
     families = args.families.split(",") if args.families else choices_of("model")
     out = Path(args.out)
@@ -133,10 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
         results = [run_family(f, assets, Path(args.log_dir), args.quick, args.n, args.cache_dir) for f in families]
+        applications = []
+        if not args.no_apps:  # make augment / make detect on these runs (genlab.apps.page)
+            from genlab.apps.page import section
+
+            runs = {f: Path(args.log_dir) / f / "results" for f in families}
+            applications = section(runs, assets, args.quick)
     except GenlabError as err:
         print(f"genlab-results: error: {err}", file=sys.stderr)
         return 2
-    out.write_text(markdown(results, args.quick, assets.name) + "\n")
+    out.write_text("\n".join([markdown(results, args.quick, assets.name), *applications]) + "\n")
     print(f"wrote {out}")
     return 0
 

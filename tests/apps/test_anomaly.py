@@ -44,6 +44,7 @@ def test_anomaly_trains_without_the_class_scores_and_writes_every_field(tmp_path
     ):
         assert key in report, key
     assert report["family"] == "vae" and report["holdout"] == 3 and "importance-weighted" in report["score"]
+    assert report["score_name"] == "IWAE bound on the NLL"
     assert report["positives"] == 183  # every 3 of the digits: never in training
     for figures in report["figures"].values():
         for name in ("auroc", "auroc_test_split_only"):
