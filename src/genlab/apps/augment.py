@@ -94,7 +94,10 @@ def augment(args: dict[str, Any], overrides: list[str] | None = None) -> dict[st
     classes = num_classes(model, config)
     train_x, train_y = split_tensors(datamodule, "train")
     test_x, test_y = split_tensors(datamodule, "test")
-    test_indices = set(int(i) for i in datamodule.splits["test"].indices)
+    train_split, test_split = datamodule.splits["train"], datamodule.splits["test"]
+    # Indices compare only within one data set split by fraction; a separate test set shares nothing by index.
+    shared = getattr(test_split, "dataset", None) is train_split.dataset
+    test_indices = {int(i) for i in test_split.indices} if shared else set()
 
     # One pool of samples for every seed (sampling is the slow part: ~0.1-0.3 s per guided DDIM-50
     # sample on one busy CPU thread), so the spread over seeds is the subset's and the classifier's.
