@@ -142,6 +142,8 @@ def _argv_for(group: str, choice: str, tmp_path: Path) -> list[str]:
         argv.insert(0, f"model={_family_of_data().get(choice, 'vae')}")
     if group == "data" and choice == "image_folder":
         argv.append(f"data.path={tmp_path}")
+    if group == "model" and choice == "gpt_feedback":  # read when training starts, not when built
+        argv.append(f"model.init_from={tmp_path}/gpt_run")
     return argv
 
 
