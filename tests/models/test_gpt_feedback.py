@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,22 @@ def test_bad_input_is_one_line(tiny_gpt_run: Path, tmp_path: Path, capsys) -> No
 
     too_long = _one_line_error([*argv, "model.completion_length=40"], capsys)
     assert "exceeds the base GPT's block_size 32" in too_long
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tiny_gpt_run: Path, tmp_path: Path) -> None:
+    """Two ranks, each sampling its own prompts; the gradients are averaged and one run folder written."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("GENLAB_RUN_DIR", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parents[2] / "src"), env.get("PYTHONPATH")) if p)
+    argv = feedback_argv(tiny_gpt_run, tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=3")
+    argv += ["trainer.limit_train_batches=3", "run_name=ddp", "model.objective=dpo"]
+    result = subprocess.run(
+        [sys.executable, "-m", "genlab.train", *argv], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "gpt_feedback" / "ddp"
+    checkpoint = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 3
+    assert len(column(read_metrics(run), "val/reward")) == 1
+    assert (run / "samples" / "feedback_after.txt").is_file()
