@@ -38,19 +38,9 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 def make_base(log_dir: str) -> Path:
     """The default GPT after one step: a checkpoint to start from."""
-    train(
-        compose(
-            [
-                "model=gpt",
-                f"log_dir={log_dir}",
-                "run_name=base",
-                "trainer.max_steps=1",
-                "trainer.limit_val_batches=1",
-                "callbacks=none",
-                "trainer.enable_model_summary=false",
-            ]
-        )
-    )
+    overrides = ["model=gpt", f"log_dir={log_dir}", "run_name=base", "trainer.max_steps=1", "model.sample_length=8"]
+    overrides += ["trainer.limit_val_batches=1", "callbacks.samples.num_samples=1", "callbacks.progress.refresh_rate=0"]
+    train(compose([*overrides, "trainer.enable_model_summary=false"]))
     return Path(log_dir) / "gpt" / "base"
 
 

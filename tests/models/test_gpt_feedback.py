@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,8 +109,10 @@ def _optimized_names(run: Path) -> list[str]:
 def test_resume_continues_exactly_and_the_checkpoint_alone_samples(tiny_gpt_run: Path, tmp_path: Path) -> None:
     whole = feedback_argv(tiny_gpt_run, tmp_path, "trainer.max_steps=6", "trainer.limit_train_batches=3")
     train(compose([*whole, "run_name=whole"]))
-    train(compose([*whole, "run_name=parts", "trainer.max_steps=3"]))
-    train(compose([*whole, "run_name=parts", "resume=auto"]))
+    base = shutil.copytree(tiny_gpt_run, tmp_path / "base")
+    train(compose([*whole, "run_name=parts", "trainer.max_steps=3", f"model.init_from={base}"]))
+    shutil.rmtree(base)  # the checkpoint holds the reference: resuming does not need the base run
+    train(compose([*whole, "run_name=parts", "resume=auto", f"model.init_from={base}"]))
     states = [read_checkpoint(tmp_path / "gpt_feedback" / r / "checkpoints" / "last.ckpt") for r in ("whole", "parts")]
     assert states[0]["global_step"] == states[1]["global_step"] == 6
     for name, value in states[0]["state_dict"].items():

@@ -23,7 +23,7 @@ prompts and seed every time. Sample tables with rewards (prompt | completion | r
 to `<run>/samples/feedback_before.txt` and `feedback_after.txt` (and to W&B/TensorBoard).
 
 The reference is saved in every checkpoint (`reference.*` beside the policy's `net.*`): a resumed
-run continues against the same reference even if the `init_from` run was trained on since, and a
+run continues against the same reference even if the `init_from` run was trained on since or is gone, and a
 checkpoint alone rebuilds the model (`genlab.load_model`; `make sample` draws from the policy).
 Dropout is off in both nets: the completions and their log-probabilities must come from the same
 distribution.
@@ -32,6 +32,7 @@ distribution.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from genlab.models.feedback_losses import ADVANTAGES, advantages, dpo_loss, kl_k
 from genlab.models.gpt import TOKENIZER_KEY, check_sampling
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.nets.gpt import GPT
-from genlab.run import is_checkpoint, load_model, read_checkpoint
+from genlab.run import RESUME_ENV, is_checkpoint, load_model, read_checkpoint
 from genlab.tokenizers import Tokenizer
 
 NET_KEY = "gpt_feedback_net"  # where a checkpoint keeps the policy's net node (the base GPT's, vocab_size aside)
@@ -187,6 +188,9 @@ class GPTFeedbackModule(L.LightningModule):
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is None:
             raise ConfigError("GPTFeedbackModule needs the base GPT's text data module (e.g. data=text)")
+        resume = os.environ.get(RESUME_ENV)  # set by the entrypoint; Lightning restores the weights after this hook
+        if self.net is None and resume and Path(resume).is_file():
+            self.on_load_checkpoint(read_checkpoint(resume))  # the nets' shapes: init_from need not exist any more
         if self.net is None:
             self.load_base(self.hparams.init_from)
         if tokenizer != self.tokenizer:
