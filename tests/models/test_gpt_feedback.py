@@ -58,16 +58,20 @@ def _module(base: Path, tmp_path: Path, *extra: str) -> GPTFeedbackModule:
 
 def test_kl_to_the_reference_is_zero_before_the_first_update(tiny_gpt_run: Path, tmp_path: Path) -> None:
     model = _module(tiny_gpt_run, tmp_path)
-    prompts = [torch.tensor([[1, 2, 3, 4]]), torch.tensor([[5, 6, 7, 8]])]
+    prompts = [torch.tensor([[1, 2, 3, 4]]), torch.tensor([[5, 6, 7, 8]]), torch.tensor([[2, 3]])]
     torch.manual_seed(0)
-    rows, texts = model.rollout(prompts, 4)
-    assert [r.shape for r in rows] == [(4, 20), (4, 20)] and len(texts) == 8
-    logp = torch.cat([completion_logprobs(model.net, r, 4, 1.0) for r in rows])
-    ref = torch.cat([completion_logprobs(model.reference, r, 4, 1.0) for r in rows])
+    rows, texts = model.rollout(prompts, 4)  # equal-length neighbours are sampled in one batch
+    assert [r.shape for r in rows] == [(8, 20), (4, 18)] and len(texts) == 12
+    assert torch.equal(rows[0][:4, :4], prompts[0].expand(4, -1)) and torch.equal(
+        rows[0][4:, :4], prompts[1].expand(4, -1)
+    )
+    assert texts[4] == model.tokenizer.decode(rows[0][4, 4:].tolist())
+    logp = completion_logprobs(model.net, rows[0], 4, 1.0)
+    ref = completion_logprobs(model.reference, rows[0], 4, 1.0)
     assert logp.shape == (8, 16) and (logp < 0).all()
     assert torch.equal(logp, ref)
     rewards, kl = model.evaluate_prompts(prompts)
-    assert rewards.shape == (8,) and kl.shape == (8, 16)
+    assert rewards.shape == (12,) and kl.shape == (12, 16)
     assert torch.equal(kl, torch.zeros_like(kl))  # exactly: the same weights give the same logits
     assert not any(p.requires_grad for p in model.reference.parameters())
 

@@ -254,15 +254,21 @@ class GPTFeedbackModule(L.LightningModule):
         return [self.encode(texts[(offset + i) % len(texts)]) for i in range(count)]
 
     def rollout(self, prompts: list[torch.Tensor], group: int) -> tuple[list[torch.Tensor], list[str]]:
-        """`group` completions per prompt: the full token rows, one `(group, T_i)` tensor per prompt,
-        and the decoded completions (prompt left out) in the same order."""
-        rows, texts = [], []
+        """`group` completions per prompt, in prompt order: the full token rows, as one tensor
+        `(k * group, T)` per run of k consecutive prompts of equal length (one batched generate each:
+        prompts from the data are one run), and the decoded completions (prompt left out)."""
+        runs: list[list[torch.Tensor]] = []
         for prompt in prompts:
-            out = self.net.generate(
-                prompt.expand(group, -1), self.hparams.completion_length, self.hparams.rollout_temperature
-            )
+            if runs and runs[-1][0].shape[1] == prompt.shape[1]:
+                runs[-1].append(prompt)
+            else:
+                runs.append([prompt])
+        rows, texts = [], []
+        for run in runs:
+            start = torch.cat(run).repeat_interleave(group, dim=0)  # (k * group, T): each prompt's group together
+            out = self.net.generate(start, self.hparams.completion_length, self.hparams.rollout_temperature)
             rows.append(out)
-            texts += [self.tokenizer.decode(row) for row in out[:, prompt.shape[1] :].tolist()]
+            texts += [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]
         return rows, texts
 
     def score(self, texts: list[str]) -> torch.Tensor:
@@ -349,7 +355,7 @@ class GPTFeedbackModule(L.LightningModule):
             rows, texts = self.rollout(prompts, self.hparams.group_size)
         kl = []
         temperature, length = self.hparams.rollout_temperature, self.hparams.completion_length
-        for r in rows:
+        for r in rows:  # (k * G, T) each
             start = r.shape[1] - length - 1
             logp = F.log_softmax(self.net(r[:, :-1])[:, start:].float() / temperature, dim=-1)  # (G, L, V)
             ref = F.log_softmax(self.reference(r[:, :-1])[:, start:].float() / temperature, dim=-1)
