@@ -184,7 +184,7 @@ def test_sweep_values_reach_every_ddp_rank(tmp_path: Path, monkeypatch: pytest.M
     defaults, so a rank that had not seen them would build other parameter shapes, and DDP
     refuses to start when the ranks' shapes differ."""
     sweep = load_sweep_config(str(config_dir() / "sweep" / "vae.yaml"))
-    chosen = {"model.latent_dim": 8, "model.encoder.hidden_channels": [32, 64]}
+    chosen = {"model.latent_dim": 8, "model.encoder.hidden_features": [64, 32]}
     suggestion = sweeps.SweepRun(config={k: {"value": v} for k, v in chosen.items()})
     command = agent_command(sweep, suggestion, "ddprun01", monkeypatch)
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1"]
