@@ -48,6 +48,7 @@ from genlab.instantiate import instantiate
 from genlab.models.feedback_losses import ADVANTAGES, advantages, dpo_loss, kl_k3, policy_gradient_loss
 from genlab.models.gpt import TOKENIZER_KEY, check_sampling
 from genlab.models.optim import matrix_names, weight_decay_groups
+from genlab.models.step_logs import log_train_step
 from genlab.nets.gpt import GPT
 from genlab.run import RESUME_ENV, is_checkpoint, load_model, read_checkpoint
 from genlab.tokenizers import Tokenizer
@@ -303,35 +304,33 @@ class GPTFeedbackModule(L.LightningModule):
         logp = self.logprobs(rows, self.net)  # (P*G, L), with gradient
         with torch.no_grad():
             ref_logp = self.logprobs(rows, self.reference)
+        metrics = {"train/reward": rewards.mean(), "train/reward_std": rewards.std()}
         if self.hparams.objective == "grpo":
             advantage = advantages(rewards, self.hparams.advantage).flatten()  # (P*G,)
             loss, kl = policy_gradient_loss(logp, ref_logp, advantage, self.hparams.kl_coef)
         else:
-            loss, kl = self._dpo_step(logp, ref_logp, rewards)
-        self.log_dict(
-            {"train/loss": loss, "train/reward": rewards.mean(), "train/reward_std": rewards.std(), "train/kl": kl},
-            prog_bar=True,
-            batch_size=rewards.numel(),
-        )
+            loss, kl, more = self._dpo_step(logp, ref_logp, rewards)
+            metrics |= more
+        log_train_step(self, {"train/loss": loss, **metrics, "train/kl": kl}, batch_size=rewards.numel())
         return loss
 
     def _dpo_step(
         self, logp: torch.Tensor, ref_logp: torch.Tensor, rewards: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """DPO on (best, worst) of each group; groups whose completions all tie are left out."""
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """DPO on (best, worst) of each group; groups whose completions all tie are left out.
+        Returns (loss, mean k3 KL, {train/pairs: fraction of groups kept, train/dpo_accuracy})."""
         count, group = rewards.shape
         seq, ref_seq = logp.sum(-1).view(count, group), ref_logp.sum(-1).view(count, group)  # (P, G)
         rows = torch.arange(count, device=rewards.device)
         best, worst = rewards.argmax(dim=1), rewards.argmin(dim=1)
         keep = rewards.max(dim=1).values > rewards.min(dim=1).values
         kl = kl_k3(logp.detach(), ref_logp).mean()
-        self.log("train/pairs", keep.float().mean(), batch_size=count)
+        metrics = {"train/pairs": keep.float().mean()}
         if not keep.any():
-            return 0.0 * seq.sum(), kl  # every parameter still in the graph (DDP waits for all gradients)
+            return 0.0 * seq.sum(), kl, metrics  # every parameter still in the graph (DDP waits for all gradients)
         chosen, rejected = (rows[keep], best[keep]), (rows[keep], worst[keep])
         loss, accuracy = dpo_loss(seq[chosen], seq[rejected], ref_seq[chosen], ref_seq[rejected], self.hparams.dpo_beta)
-        self.log("train/dpo_accuracy", accuracy, batch_size=int(keep.sum()))
-        return loss, kl
+        return loss, kl, metrics | {"train/dpo_accuracy": accuracy}
 
     # --- validation: the base data's loss, and the reward and KL on fixed prompts -------------------------
 
