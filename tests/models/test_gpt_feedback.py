@@ -162,10 +162,10 @@ def test_bad_input_is_one_line(tiny_gpt_run: Path, tmp_path: Path, capsys) -> No
     )
     assert "model.init_from: no checkpoint at" in _one_line_error([*argv, f"model.init_from={tmp_path}/nope"], capsys)
 
-    wrong = "model.reward={_target_: tests_rewards.too_few, _partial_: true}"
+    wrong = "model.reward={_target_: misbehaving_rewards.too_few, _partial_: true}"
     line = _one_line_error([*argv, wrong], capsys)
     assert re.search(
-        r"model.reward: tests_rewards.too_few returned 1 scores for \d+ samples; a reward returns one", line
+        r"model.reward: misbehaving_rewards.too_few returned 1 scores for \d+ samples; a reward returns one", line
     )
 
     too_long = _one_line_error([*argv, "model.completion_length=40"], capsys)
