@@ -131,7 +131,7 @@ def torchvision_items(name: str, data_dir: Path, val_fraction: float, seed: int)
 
     def arrays(ds: Any) -> list[tuple[np.ndarray, int]]:
         data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)  # (N, H, W[, 3]) uint8
-        return list(zip(data, (int(t) for t in ds.targets)))
+        return list(zip(data, (int(t) for t in ds.targets), strict=True))
 
     items = arrays(train)
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="data", help="mnist/cifar10: where torchvision's files are")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("litdata").setLevel(logging.WARNING)  # its cache-size notice is about reading, not writing
     try:
         meta = prepare(
             args.src,

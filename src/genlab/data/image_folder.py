@@ -77,8 +77,9 @@ HIGH_BIT_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535,
 
 
 def read_image(path: Path | BinaryIO, channels: int, image_size: int, levels: int = 256) -> torch.Tensor:
-    """One file (a path, or an open binary file such as a chunk's encoded bytes) as `(channels, image_size, image_size)` in [-1, 1] on the grid of `levels` intensity
-    levels, whatever its mode and size (8-bit files must match `levels`: 256)."""
+    """One file (a path, or an open binary file such as a chunk's encoded bytes) as
+    `(channels, image_size, image_size)` in [-1, 1] on the grid of `levels` intensity levels, whatever
+    its mode and size (8-bit files must match `levels`: 256)."""
     with Image.open(path) as image:
         ImageOps.exif_transpose(image, in_place=True)  # phone photos store their rotation in EXIF
         if image.mode in HIGH_BIT_DEPTH:
@@ -146,7 +147,8 @@ class ImageFolderDataModule(ImageDataModule):
                 self.path,
                 self.path,
             )
-        keep = [i for i, (f, label) in enumerate(zip(files, labels)) if self._label_fits(f, label, classes)]
+        pairs = enumerate(zip(files, labels, strict=True))
+        keep = [i for i, (f, label) in pairs if self._label_fits(f, label, classes)]
         if not keep:
             raise DataError(f"none of the {len(files)} images under '{self.path}' could be used")
         self.num_classes = self.num_classes or len(classes)

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import io
 import json
-import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.item_loader import TokensLoader
-from lightning.pytorch.utilities import rank_zero_info
 
 from genlab import tokenizers
 from genlab.data.image_folder import READ_ERRORS, read_image
@@ -37,6 +37,9 @@ from genlab.data.images import EpochPosition, epoch_position
 from genlab.errors import ConfigError, DataError
 from genlab.prepare import META, read_meta
 from genlab.tokenizers import Tokenizer
+
+# LitData sizes each worker's share itself, so the length Lightning warns about is right.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 def read_remote_meta(url: str) -> dict[str, Any]:
@@ -67,13 +70,15 @@ class ImageChunks(StreamingDataset):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, list):
-            images, labels = zip(*(self[i] for i in index))
+            images, labels = zip(*(self[i] for i in index), strict=True)
             return torch.stack(images), torch.tensor(labels, dtype=torch.long)
         item = super().__getitem__(index)
         try:  # bytes(): LitData hands out a view of its read buffer
             image = read_image(io.BytesIO(bytes(item["image"])), self.channels, self.image_size, self.levels)
         except READ_ERRORS as err:  # prepare decoded every image once: the chunk itself is damaged
-            raise DataError(f"a sample of {self.input_dir.path or self.input_dir.url} does not decode ({err})") from None
+            raise DataError(
+                f"a sample of {self.input_dir.path or self.input_dir.url} does not decode ({err})"
+            ) from None
         return image, int(item["label"])
 
 
@@ -93,8 +98,9 @@ class StreamingBatches(StreamingDataLoader):
     in LitData's format, both when Lightning saves it into the checkpoint (`state_dict`) and when an
     epoch's batches are drawn (`__iter__`, after Lightning restored its loops): LitData then replays
     its shuffle for that epoch and skips the trained samples in each worker, so the run continues
-    with the next unseen batch. The epoch's shuffle is keyed by `seed` and the epoch's number
-    (batches before it / batches per epoch), as an unbroken run numbers it. Outside a Trainer
+    with the next unseen batch. The epoch's shuffle is keyed by `seed` and the number of batches
+    trained before the epoch (as the image samplers key theirs), which an unbroken and a resumed run
+    agree on (the epoch number Lightning reports need not, see `EpochPosition`). Outside a Trainer
     (`position=None`) it is LitData's loader as it is.
     """
 
@@ -102,15 +108,9 @@ class StreamingBatches(StreamingDataLoader):
         super().__init__(dataset, **kwargs)
         self.position = position
 
-    def _progress(self) -> tuple[int, int]:
-        """(epoch index from 0, batches of it trained)."""
-        assert self.position is not None
-        before, done = self.position()
-        per_epoch = self.position.trainer.num_training_batches
-        return (before // per_epoch if per_epoch and math.isfinite(per_epoch) else 0), done
-
     def _state(self, epoch: int, done: int) -> dict[str, Any]:
-        """LitData's loader state after `done` batches of epoch `epoch` (LitData counts epochs from 1)."""
+        """LitData's loader state after `done` batches of the epoch keyed `epoch` (LitData's epochs count
+        from 1, so it gets `epoch + 1`)."""
         samples = done * self.batch_size
         self.dataset.reset_state_dict()
         self.dataset.current_epoch = epoch + 1
@@ -122,11 +122,11 @@ class StreamingBatches(StreamingDataLoader):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return self._state(*self._progress()) if self.position is not None else super().state_dict()
+        return self._state(*self.position()) if self.position is not None else super().state_dict()
 
     def __iter__(self) -> Any:
         if self.position is not None:
-            epoch, done = self._progress()
+            epoch, done = self.position()
             if done:
                 self.load_state_dict(self._state(epoch, done))
             else:  # a fresh epoch: LitData's loader adds one to its epoch and starts its shuffle over
@@ -183,7 +183,7 @@ class StreamingDataModule(L.LightningDataModule):
 
     @property
     def kind(self) -> str:
-        """"images" or "text"."""
+        """ "images" or "text"."""
         return self.read_meta()["kind"]
 
     @property
