@@ -159,3 +159,72 @@ def test_a_folder_that_is_not_prepared_is_one_line(tmp_path: Path, capsys: pytes
 def test_more_classes_than_configured_is_a_data_error(image_chunks: Path) -> None:
     with pytest.raises(DataError, match="data.num_classes=2 but the chunks .* hold 3 classes"):
         StreamingDataModule(str(image_chunks), num_classes=2).setup("fit")
+
+
+RECORDING_RUN = """
+import sys
+from pathlib import Path
+
+from genlab.models.vae import VAEModule
+from genlab.train import main
+sys.path.insert(0, {tests!r})
+from test_streaming import image_number
+
+original = VAEModule.training_step
+
+
+def training_step(self, batch, batch_idx):
+    with open(Path({out!r}) / f"rank{{self.global_rank}}.txt", "a") as file:
+        file.write(f"{{self.current_epoch}} {{' '.join(map(str, image_number(batch[0])))}}\\n")
+    return original(self, batch, batch_idx)
+
+
+VAEModule.training_step = training_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_process_ddp_ranks_read_disjoint_samples(image_chunks: Path, tmp_path: Path) -> None:
+    """Two CPU processes (one node each, on loopback): every rank trains as many batches, and in an
+    epoch no image is seen by both ranks."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_distributed import LAUNCH_VARS, SRC, free_port
+
+    script = tmp_path / "recording_run.py"
+    script.write_text(RECORDING_RUN.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    argv = [*SHORT, f"data.path={image_chunks}", "data.num_workers=0", "data.batch_size=8"]
+    argv += ["trainer=ddp_multinode", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy.timeout_s=60"]
+    argv += ["trainer.limit_val_batches=1", f"log_dir={tmp_path}", "run_name=ddp"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENLAB_", "SLURM_")) and k not in LAUNCH_VARS}
+    env.update(PYTHONPATH=f"{SRC}{os.pathsep}{env.get('PYTHONPATH', '')}", MASTER_ADDR="127.0.0.1")
+    env.update(MASTER_PORT=str(free_port()), WORLD_SIZE="2", LOCAL_RANK="0", OMP_NUM_THREADS="1")
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, str(script), *argv],
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [node.communicate(timeout=150)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-3000:]
+
+    seen = {}  # (rank, epoch) -> image numbers
+    for rank in (0, 1):
+        for line in (tmp_path / f"rank{rank}.txt").read_text().splitlines():
+            epoch, *numbers = map(int, line.split())
+            seen.setdefault((rank, epoch), []).extend(numbers)
+    for epoch in (0, 1):
+        first, second = seen[(0, epoch)], seen[(1, epoch)]
+        assert len(first) == len(second) == 5 * 8  # 84 images: 42 per rank, 5 whole batches of 8
+        assert len(set(first)) == 40 and set(first).isdisjoint(second)
