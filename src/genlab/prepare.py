@@ -213,6 +213,8 @@ def prepare(
         raise ConfigError("OUT is empty: give the folder to write the chunks to (make prepare OUT=...)")
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ConfigError("--val-fraction and --test-fraction must be in [0, 1) and sum below 1")
+    if "://" in out:
+        raise ConfigError(f"OUT '{out}': write the chunks to a local folder, then copy it (aws s3 sync OUT s3://...)")
     out_dir = Path(out).expanduser().resolve()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DataError(f"OUT '{out_dir}' exists and is not empty: choose a new folder, or remove it first")

@@ -111,11 +111,20 @@ class StreamingBatches(StreamingDataLoader):
     def _state(self, epoch: int, done: int) -> dict[str, Any]:
         """LitData's loader state after `done` batches of the epoch keyed `epoch` (LitData's epochs count
         from 1, so it gets `epoch + 1`)."""
-        samples = done * self.batch_size
-        self.dataset.reset_state_dict()
-        self.dataset.current_epoch = epoch + 1
+        samples, dataset = done * self.batch_size, self.dataset
+        # The dataset writes its state from its own fields (and into its restored state, if any): made
+        # here from a clean slate, then the fields are put back, as the running epoch may still use them.
+        fields = ("_state_dict", "_elastic_item_lists", "_elastic_drop_first", "current_epoch")
+        kept = [getattr(dataset, name) for name in fields]
+        dataset._state_dict = dataset._elastic_item_lists = dataset._elastic_drop_first = None
+        dataset.current_epoch = epoch + 1
+        try:
+            dataset_state = dataset.state_dict(samples, self.num_workers, self.batch_size)
+        finally:
+            for name, value in zip(fields, kept, strict=True):
+                setattr(dataset, name, value)
         return {
-            "dataset": self.dataset.state_dict(samples, self.num_workers, self.batch_size),
+            "dataset": dataset_state,
             "current_epoch": epoch + 1,
             "num_samples_yielded": samples,
             "latest_worker_idx": (done - 1) % max(1, self.num_workers),  # batches come round-robin from workers
