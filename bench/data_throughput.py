@@ -106,9 +106,8 @@ def main() -> None:
         return data.train_dataloader()
 
     def image_folder(workers: int):
-        data = ImageFolderDataModule(
-            str(folder), image_size=32, channels=3, batch_size=BATCH, val_fraction=0, test_fraction=0, num_workers=workers
-        )
+        sizes = {"image_size": 32, "channels": 3, "val_fraction": 0, "test_fraction": 0}
+        data = ImageFolderDataModule(str(folder), batch_size=BATCH, num_workers=workers, **sizes)
         data.setup("fit")
         return data.train_dataloader()
 
