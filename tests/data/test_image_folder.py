@@ -55,13 +55,13 @@ def test_corrupt_file_is_named_when_its_batch_is_read(tmp_path: Path) -> None:
 
 def test_decoding_happens_in_the_loader_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_images(tmp_path / "images")
-    original = image_folder.read_image
+    original = image_folder.decode_image
 
-    def read_image(*args, **kwargs):
+    def decode_image(*args, **kwargs):
         (tmp_path / f"decoded_in_{os.getpid()}").touch()  # a file: the worker process's memory is its own
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(image_folder, "read_image", read_image)
+    monkeypatch.setattr(image_folder, "decode_image", decode_image)
     dm = _module(tmp_path / "images", num_workers=1)
     dm.setup("fit")
     assert not list(tmp_path.glob("decoded_in_*"))  # set-up decodes nothing

@@ -56,11 +56,12 @@ class ImageFiles(Dataset):
         if not kept:
             empty = torch.empty(0, self.channels, self.image_size, self.image_size)
             return empty, torch.empty(0, dtype=torch.long)
-        return torch.stack([image for image, _ in kept]), self.labels[torch.as_tensor([i for _, i in kept])]
+        images = images_in_model_range([image for image, _ in kept], self.channels, self.image_size, self.levels)
+        return images, self.labels[torch.as_tensor([i for _, i in kept])]
 
     def _read(self, path: Path) -> torch.Tensor | None:
         try:
-            return read_image(path, self.channels, self.image_size, self.levels)
+            return decode_image(path, self.channels, self.image_size, self.levels)
         except READ_ERRORS as err:
             if self.on_bad_file == "error":
                 raise DataError(
@@ -76,25 +77,40 @@ READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 HIGH_BIT_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1}
 
 
-def read_image(path: Path | BinaryIO, channels: int, image_size: int, levels: int = 256) -> torch.Tensor:
-    """One file (a path, or an open binary file such as a chunk's encoded bytes) as
-    `(channels, image_size, image_size)` in [-1, 1] on the grid of `levels` intensity levels, whatever
-    its mode and size (8-bit files must match `levels`: 256)."""
+def decode_image(path: Path | BinaryIO, channels: int, image_size: int, levels: int = 256) -> torch.Tensor:
+    """One file (a path, or an open binary file such as a chunk's encoded bytes) decoded, converted to
+    `channels` and resized: uint8 `(channels, image_size, image_size)` for 8-bit files, float in [0, 1]
+    on the grid of `levels` for 16-bit and float ones. `to_model_range` (once per batch: see
+    `images_in_model_range`) then gives the model's [-1, 1]."""
     with Image.open(path) as image:
         ImageOps.exif_transpose(image, in_place=True)  # phone photos store their rotation in EXIF
         if image.mode in HIGH_BIT_DEPTH:
             # 16-bit (and 32-bit int, float) grey: scale to [0, 1]; PIL's convert("L") would clip to 255 (all white)
             grey = np.asarray(image, dtype=np.float32) / HIGH_BIT_DEPTH[image.mode]
             grey = np.round(np.clip(grey, 0, 1) * (levels - 1)) / (levels - 1)  # quantised to the declared levels
-            return to_model_range(torch.from_numpy(grey)[None, None], channels, image_size, levels)[0]
+            return to_model_range(torch.from_numpy(grey)[None, None], channels, image_size, levels)[0].add(1).div(2)
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             # what a viewer shows: transparent pixels on white, not the arbitrary colours stored under them
             image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
         image = image.convert("L" if channels == 1 else "RGB")
         image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
         array = np.asarray(image, dtype=np.uint8).reshape(image_size, image_size, -1)
-    pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
-    return to_model_range(pixels, channels, image_size, levels)[0]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def images_in_model_range(decoded: list[torch.Tensor], channels: int, image_size: int, levels: int) -> torch.Tensor:
+    """Images from `decode_image` as one batch `(B, C, H, W)` in [-1, 1]: the conversion and the check
+    of the levels run once for the batch (the same values as one by one: they are elementwise)."""
+    if all(x.dtype == torch.uint8 for x in decoded):
+        return to_model_range(torch.stack(decoded), channels, image_size, levels)
+    batch = torch.stack([x.float().div(255) if x.dtype == torch.uint8 else x for x in decoded])
+    return to_model_range(batch, channels, image_size, levels)
+
+
+def read_image(path: Path | BinaryIO, channels: int, image_size: int, levels: int = 256) -> torch.Tensor:
+    """One file as `(channels, image_size, image_size)` in [-1, 1] on the grid of `levels` intensity
+    levels, whatever its mode and size (8-bit files must match `levels`: 256)."""
+    return images_in_model_range([decode_image(path, channels, image_size, levels)], channels, image_size, levels)[0]
 
 
 def index_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:

@@ -32,7 +32,7 @@ from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.item_loader import TokensLoader
 
 from genlab import tokenizers
-from genlab.data.image_folder import READ_ERRORS, read_image
+from genlab.data.image_folder import READ_ERRORS, decode_image, images_in_model_range
 from genlab.data.images import EpochPosition, epoch_position
 from genlab.errors import ConfigError, DataError
 from genlab.prepare import META, read_meta
@@ -61,8 +61,9 @@ def read_remote_meta(url: str) -> dict[str, Any]:
 
 
 class ImageChunks(StreamingDataset):
-    """A split of prepared images; a sample is `(image (C, S, S) in [-1, 1], label)`. Indexed with a
-    list of positions it returns the whole batch (as the image modules' datasets do)."""
+    """A split of prepared images; a sample is `(image, label)`, the image decoded, converted and
+    resized (`decode_image`: uint8 `(C, S, S)`) in the loader's worker; `ImageBatch` makes the batch.
+    Indexed with a list of positions it returns the whole batch (as the image modules' datasets do)."""
 
     def __init__(self, input_dir: str, channels: int, image_size: int, levels: int, **kwargs: Any) -> None:
         super().__init__(input_dir, **kwargs)
@@ -70,16 +71,27 @@ class ImageChunks(StreamingDataset):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, list):
-            images, labels = zip(*(self[i] for i in index), strict=True)
-            return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+            return ImageBatch(self.channels, self.image_size, self.levels)([self[i] for i in index])
         item = super().__getitem__(index)
         try:  # bytes(): LitData hands out a view of its read buffer
-            image = read_image(io.BytesIO(bytes(item["image"])), self.channels, self.image_size, self.levels)
+            image = decode_image(io.BytesIO(bytes(item["image"])), self.channels, self.image_size, self.levels)
         except READ_ERRORS as err:  # prepare decoded every image once: the chunk itself is damaged
             raise DataError(
                 f"a sample of {self.input_dir.path or self.input_dir.url} does not decode ({err})"
             ) from None
         return image, int(item["label"])
+
+
+class ImageBatch:
+    """Samples of `ImageChunks` to the image modules' batch: images `(B, C, H, W)` in [-1, 1] (converted
+    once per batch), labels `(B,)` int64. A class, so that loader workers can unpickle it."""
+
+    def __init__(self, channels: int, image_size: int, levels: int) -> None:
+        self.channels, self.image_size, self.levels = channels, image_size, levels
+
+    def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images_in_model_range([image for image, _ in samples], self.channels, self.image_size, self.levels)
+        return images, torch.tensor([label for _, label in samples], dtype=torch.long)
 
 
 def token_windows(batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,13 +251,18 @@ class StreamingDataModule(L.LightningDataModule):
             run_dir.mkdir(parents=True, exist_ok=True)
             tokenizers.save(self.tokenizer, run_dir / "tokenizer.json")
 
+    def _image_batch(self) -> ImageBatch:
+        return ImageBatch(self.channels, self.image_size, self.levels)
+
     def _loader(self, dataset: StreamingDataset, position: Callable[[], tuple[int, int]] | None) -> StreamingBatches:
         return StreamingBatches(
             dataset,
             position=position,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=token_windows if self.kind == "text" else None,
+            collate_fn=token_windows
+            if self.kind == "text"
+            else ImageBatch(self.channels, self.image_size, self.levels),
             pin_memory=torch.cuda.is_available(),
             # Its own generator: making an iterator otherwise draws a seed from the global RNG, which would
             # shift the model's noise in a resumed run against an unbroken one.
