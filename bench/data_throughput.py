@@ -1,25 +1,28 @@
 """Images/s and batches/s (batch 256) through genlab's image loaders, and a plain torchvision loader beside them.
 
-    python bench/data_throughput.py [--images 50000] [--batches 30] [--workers 0 2 4] [--root DIR]
+    python bench/data_throughput.py [--images 50000] [--batches 24] [--rounds 3] [--workers 0 2 4] [--root DIR]
 
 Writes a synthetic folder of `--images` small PNGs (32x32 RGB, 10 class folders) into a temporary
 folder once (reused while it is there), converts it once with `make prepare`'s code into chunks, then
-draws `--batches` batches from each loader, in one process, one after the other:
+draws `--batches` batches from each loader, in one process; `--rounds` times over all loaders in turn
+(so a busy spell of the machine hits them alike), reporting each figure's median over the rounds:
 
     digits        the in-memory digits module (1,797 8x8 images, held as one tensor)
     image_folder  data=image_folder on the PNG folder (decoded per batch in the workers)
     streaming     data=streaming on the prepared chunks (LitData, decoded per sample in the workers)
     torchvision   plain torchvision ImageFolder + ToTensor + DataLoader on the same folder: the reference
 
-Time starts at the first batch's request (worker start-up included, it is reported apart as the
-first batch's latency) and stops at the last batch. Everything is measured on this machine as it
-is: on a shared machine with few cores, more workers than cores only compete for them.
+Time starts at the first batch's request and stops at the last batch; the steady rate leaves the
+first batch (worker start-up) out, which is reported apart as the first batch's latency. Everything
+is measured on this machine as it is: on a shared machine with few cores, more workers than cores
+only compete for them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterable
@@ -68,25 +71,28 @@ def prepared_chunks(folder: Path, root: Path, n: int) -> Path:
     return out
 
 
-def measure(loader: Iterable, batches: int) -> tuple[float, float, int]:
-    """(seconds to the first batch, seconds for all, images drawn), cycling epochs if one is short."""
+def measure(loader: Iterable, batches: int) -> tuple[float, float, float]:
+    """(seconds to the first batch, images/s over all batches, images/s after the first batch: the
+    steady rate, worker start-up left out), cycling epochs if one is short."""
     start = time.perf_counter()
-    first, images, drawn = None, 0, 0
+    first, first_images, images, drawn = 0.0, 0, 0, 0
     while drawn < batches:
         for x, _ in loader:
             images += len(x)
             drawn += 1
-            if first is None:
-                first = time.perf_counter() - start
+            if drawn == 1:
+                first, first_images = time.perf_counter() - start, len(x)
             if drawn == batches:
                 break
-    return first or 0.0, time.perf_counter() - start, images
+    seconds = time.perf_counter() - start
+    return first, images / seconds, (images - first_images) / max(seconds - first, 1e-9)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=50_000)
-    parser.add_argument("--batches", type=int, default=30, help="batches drawn from each loader")
+    parser.add_argument("--batches", type=int, default=24, help="batches drawn from each loader per round")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all loaders, interleaved")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "genlab_data_bench")
     args = parser.parse_args()
@@ -121,26 +127,29 @@ def main() -> None:
         dataset = datasets.ImageFolder(str(folder), transform=to_range)
         return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True)
 
-    rows = []
-    for name, make, worker_counts in (
-        ("digits (in memory)", digits, [0]),
-        ("image_folder", image_folder, args.workers),
-        ("streaming (chunks)", streaming, args.workers),
-        ("torchvision ImageFolder", plain_torchvision, args.workers),
-    ):
-        for workers in worker_counts:
-            setup_start = time.perf_counter()
-            loader = make(workers)
-            setup = time.perf_counter() - setup_start
-            first, seconds, images = measure(loader, args.batches)
-            rows.append((name, workers, setup, first, images / seconds, args.batches / seconds))
-            print(f"  measured {name} with {workers} workers", flush=True)
-            del loader
+    loaders = [("digits (in memory)", digits, [0])]
+    loaders += [("image_folder", image_folder, args.workers), ("streaming (chunks)", streaming, args.workers)]
+    loaders += [("torchvision ImageFolder", plain_torchvision, args.workers)]
+    results: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+    for round_ in range(args.rounds):
+        for name, make, worker_counts in loaders:
+            for workers in worker_counts:
+                setup_start = time.perf_counter()
+                loader = make(workers)
+                setup = time.perf_counter() - setup_start
+                first, overall, steady = measure(loader, args.batches)
+                results.setdefault((name, workers), []).append((setup, first, overall, steady, steady / BATCH))
+                print(f"  round {round_ + 1}: {name}, {workers} workers: {steady:.0f} images/s", flush=True)
+                del loader
 
-    print(f"\n{args.batches} batches of {BATCH} from each; {os.cpu_count()} CPU cores; images 32x32 RGB PNG")
-    print(f"{'loader':<26}{'workers':>8}{'set-up s':>10}{'1st batch s':>13}{'images/s':>11}{'batches/s':>11}")
-    for name, workers, setup, first, ips, bps in rows:
-        print(f"{name:<26}{workers:>8}{setup:>10.2f}{first:>13.2f}{ips:>11.0f}{bps:>11.2f}")
+    print(f"\n{args.batches} batches of {BATCH} from each loader, median of {args.rounds} interleaved rounds;")
+    print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end; images 32x32 RGB PNG")
+    print("images/s and batches/s: after the first batch (steady); 'all': from the first request, start-up included")
+    header = f"{'loader':<26}{'workers':>8}{'set-up s':>10}{'1st batch s':>13}{'images/s all':>14}"
+    print(f"{header}{'images/s':>10}{'batches/s':>11}")
+    for (name, workers), runs in results.items():
+        setup, first, overall, steady, bps = (statistics.median(column) for column in zip(*runs, strict=True))
+        print(f"{name:<26}{workers:>8}{setup:>10.2f}{first:>13.2f}{overall:>14.0f}{steady:>10.0f}{bps:>11.2f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from PIL import Image
 from genlab.data.streaming import StreamingDataModule
 from genlab.errors import DataError
 from genlab.faults import PREEMPTED_EXIT_CODE
+from genlab.models.gpt import GPTModule
 from genlab.models.vae import VAEModule
 from genlab.prepare import prepare
 from genlab.run import RESUME_ENV, RUN_DIR_ENV
@@ -137,15 +138,37 @@ def test_text_chunks_give_gpt_windows_and_the_tokenizer(tmp_path: Path) -> None:
     assert len(rows) == sum(len(x) for x, _ in windows) == meta["tokens"]["train"] // 17  # one pass, each once
 
 
-def test_run_on_text_chunks_trains_gpt(tmp_path: Path) -> None:
-    (tmp_path / "book.txt").write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
-    prepare(str(tmp_path / "book.txt"), str(tmp_path / "chunks"), workers=1, val_fraction=0.2)
+def test_gpt_on_text_chunks_stopped_mid_epoch_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPT with dropout from text chunks: 3 epochs of 6 batches, a SIGUSR1 in epoch 1; the resumed run
+    ends with an unbroken run's weights, and the vocabulary goes with the run."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "book.txt").write_text("".join(rng.choice(list("abcdefgh ,.\n"), size=2000)), encoding="utf-8")
+    prepare(str(tmp_path / "book.txt"), str(tmp_path / "chunks"), workers=1, val_fraction=0.1)
     argv = ["model=gpt", "trainer=debug", "data=streaming", f"data.path={tmp_path / 'chunks'}", "data.block_size=16"]
     argv += ["data.batch_size=4", "data.num_workers=0", "model.net.n_layer=1", "model.net.n_embd=16"]
-    argv += ["model.net.n_head=2", "callbacks.progress.refresh_rate=0", f"log_dir={tmp_path}", "run_name=gpt"]
-    assert main(argv) == 0
-    assert (tmp_path / "gpt" / "gpt" / "tokenizer.json").is_file()
-    assert (tmp_path / "gpt" / "gpt" / "checkpoints" / "last.ckpt").is_file()
+    argv += ["model.net.n_head=2", "model.net.dropout=0.1", "trainer.limit_train_batches=6", "trainer.max_epochs=3"]
+    argv += ["callbacks.samples.num_samples=1", "callbacks.progress.refresh_rate=0", f"log_dir={tmp_path}"]
+    assert main([*argv, "run_name=unbroken"]) == 0
+    assert (tmp_path / "gpt" / "unbroken" / "tokenizer.json").is_file()
+
+    original = GPTModule.training_step
+
+    def stopped_in_epoch_1(self, batch, batch_idx: int):
+        if self.global_step == 8:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(GPTModule, "training_step", stopped_in_epoch_1)
+    assert main([*argv, "run_name=stopped", "resume=auto"]) == PREEMPTED_EXIT_CODE
+    monkeypatch.setattr(GPTModule, "training_step", original)
+    assert main([*argv, "run_name=stopped", "resume=auto"]) == 0
+    unbroken, resumed = (
+        torch.load(tmp_path / "gpt" / name / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("unbroken", "stopped")
+    )
+    assert resumed["global_step"] == unbroken["global_step"] == 18
+    for key, value in unbroken["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_a_folder_that_is_not_prepared_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,6 +188,7 @@ RECORDING_RUN = """
 import sys
 from pathlib import Path
 
+from genlab.models.gpt import GPTModule
 from genlab.models.vae import VAEModule
 from genlab.train import main
 sys.path.insert(0, {tests!r})

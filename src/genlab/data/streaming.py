@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,17 +103,17 @@ def token_windows(batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 class StreamingBatches(StreamingDataLoader):
     """LitData's loader, resuming exactly where the trainer stopped.
 
-    LitData's own state counts the batches its loader has handed out; Lightning's fit loop fetches one
-    batch ahead of the one it trains (to know the epoch's last batch), so a checkpoint written after
-    batch k holds a state at k + 1, and a resumed run would skip a batch. Here the state is made from
-    the fit loop's own progress (`EpochPosition`: batches before this epoch, batches of it trained),
-    in LitData's format, both when Lightning saves it into the checkpoint (`state_dict`) and when an
-    epoch's batches are drawn (`__iter__`, after Lightning restored its loops): LitData then replays
-    its shuffle for that epoch and skips the trained samples in each worker, so the run continues
-    with the next unseen batch. The epoch's shuffle is keyed by `seed` and the number of batches
-    trained before the epoch (as the image samplers key theirs), which an unbroken and a resumed run
-    agree on (the epoch number Lightning reports need not, see `EpochPosition`). Outside a Trainer
-    (`position=None`) it is LitData's loader as it is.
+    Its state is made from the fit loop's own progress (`EpochPosition`: the batches trained before
+    this epoch, and those of this epoch already trained), in LitData's format, both when Lightning
+    saves it into the checkpoint (`state_dict`) and when an epoch's first batch is drawn (`__iter__`,
+    after Lightning restored its loops): LitData then replays its shuffle for that epoch and skips
+    the trained samples in each worker, so the run continues with the next unseen batch. LitData's
+    own counters are not used because they can disagree with the fit loop: its epoch number counts
+    its iterators, and a restored position stays in force until an epoch runs to its end (see
+    `StreamingDataLoader.__iter__`), which `limit_train_batches` prevents. The epoch's shuffle is
+    keyed by `seed` and the number of batches trained before the epoch (as the image samplers key
+    theirs), which an unbroken and a resumed run agree on. Outside a Trainer (`position=None`) it is
+    LitData's loader as it is.
     """
 
     def __init__(self, dataset: StreamingDataset, *, position: EpochPosition | None = None, **kwargs: Any) -> None:
@@ -145,7 +145,9 @@ class StreamingBatches(StreamingDataLoader):
     def state_dict(self) -> dict[str, Any]:
         return self._state(*self.position()) if self.position is not None else super().state_dict()
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this runs at the first batch, after Lightning restored its loops (it makes the
+        # iterator earlier, e.g. for `estimated_stepping_batches` before a checkpoint is loaded).
         if self.position is not None:
             epoch, done = self.position()
             if done:
@@ -153,7 +155,7 @@ class StreamingBatches(StreamingDataLoader):
             else:  # a fresh epoch: LitData's loader adds one to its epoch and starts its shuffle over
                 self.dataset.reset_state_dict()
                 self.restore, self.current_epoch = False, epoch
-        return super().__iter__()
+        yield from super().__iter__()
 
 
 class StreamingDataModule(L.LightningDataModule):
