@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -73,3 +74,13 @@ def test_decoding_happens_in_the_loader_workers(tmp_path: Path, monkeypatch: pyt
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist: set data.path"):
         _module(tmp_path / "nowhere").setup("fit")
+
+
+def test_a_very_large_folder_points_to_make_prepare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_images(tmp_path)
+    monkeypatch.setattr(image_folder, "LARGE_FOLDER", 10)  # 18 images stand in for a few hundred thousand
+    with caplog.at_level(logging.WARNING, logger="genlab.data.image_folder"):
+        _module(tmp_path).setup("fit")
+    assert f"make prepare SRC={tmp_path} OUT=<dir>" in caplog.text and "data=streaming" in caplog.text
