@@ -140,7 +140,7 @@ def _argv_for(group: str, choice: str, tmp_path: Path) -> list[str]:
     argv = [f"{group}={choice}"]
     if group == "data":
         argv.insert(0, f"model={_family_of_data().get(choice, 'vae')}")
-    if group == "data" and choice == "image_folder":
+    if group == "data" and choice in ("image_folder", "streaming"):  # a path is required; read at set-up
         argv.append(f"data.path={tmp_path}")
     if group == "model" and choice == "gpt_feedback":  # read when training starts, not when built
         argv.append(f"model.init_from={tmp_path}/gpt_run")
