@@ -29,6 +29,10 @@ from genlab.train import train
 
 QUICK = ("trainer=debug",)  # 2 epochs of 5 batches
 SHOWN = ("test/loss", "val/loss", "test/nll", "test/bpd", "val/bpc", "val/ppl", "fid", "kid", "precision", "recall")
+SHOWN += ("val/reward", "val/kl")  # fine-tuning from feedback (gpt_feedback)
+# Families that fine-tune another family's run start from that family's run on this page (run before
+# them: the families go in alphabetical order).
+BASES = {"gpt_feedback": "gpt"}
 
 
 def loss_curves_svg(rows: list[dict[str, str]], width: int = 480, height: int = 240) -> str:
@@ -62,6 +66,8 @@ def loss_curves_svg(rows: list[dict[str, str]], width: int = 480, height: int = 
 
 def run_family(family: str, out_dir: Path, log_dir: Path, quick: bool, n: int, cache_dir: str) -> dict[str, object]:
     argv = [f"model={family}", f"log_dir={log_dir}", "run_name=results", *(QUICK if quick else ())]
+    if family in BASES:
+        argv.append(f"model.init_from={log_dir / BASES[family] / 'results'}")
     run = log_dir / family / "results"
     shutil.rmtree(run, ignore_errors=True)  # this page's own run folder, remade each time
     start = time.perf_counter()

@@ -10,7 +10,7 @@ from genlab.config import compose
 from genlab.train import train
 
 TINY = ("trainer=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "callbacks.progress.refresh_rate=0")
-TINY_VAE = ("model=vae", "model.encoder.hidden_channels=[16,32]")
+TINY_VAE = ("model=vae", "model.latent_dim=8")
 
 
 def tiny_run(log_dir: Path, name: str, *argv: str) -> Path:
