@@ -46,3 +46,11 @@ def test_detect_refuses_unknown_families_in_one_line(capsys) -> None:
     assert "gpt is not an image family" in err and err.count("\n") == 1
     with pytest.raises(ConfigError, match="overrides apply to training"):
         detect({"runs": "logs/x"}, ["trainer.max_epochs=1"])
+
+
+def test_detect_refuses_runs_on_different_splits(app_runs: dict[str, Path], tmp_path: Path) -> None:
+    from .conftest import tiny_run
+
+    other = tiny_run(tmp_path, "other_seed", *TINY_VAE, "seed=1")  # seed 1: another split of the digits
+    with pytest.raises(ConfigError, match="other images"):
+        detect({"runs": f"{app_runs['vae']},{other}", "n_train": 10, "train_steps": 2})

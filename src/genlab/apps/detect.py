@@ -109,10 +109,12 @@ def detect(args: dict[str, Any], overrides: list[str] | None = None) -> dict[str
         datamodule = instantiate(config["data"])
         if not isinstance(datamodule, ImageDataModule):
             raise ConfigError(f"runs: {ckpt} is not an image model (its data is {type(datamodule).__name__})")
+        split = split_tensors(datamodule, "train")[0], split_tensors(datamodule, "test")[0]
         if real is None:
-            real = (split_tensors(datamodule, "train")[0], split_tensors(datamodule, "test")[0], config["data"])
-        elif config["data"] != real[2]:
-            raise ConfigError(f"runs: {ckpt} was trained on other data (or another split) than the first run")
+            real = split
+        elif any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(split, real, strict=True)):
+            # the images themselves: data options that do not change them (batch_size) may differ
+            raise ConfigError(f"runs: {ckpt} was trained on other images (or another split) than the first run")
         n_test = len(real[1])
         n = n_train + n_test
         labels = class_labels(n, num_classes(model, config), None) if is_conditional(model) else None
@@ -131,7 +133,7 @@ def detect(args: dict[str, Any], overrides: list[str] | None = None) -> dict[str
             "sample_s": sample_s,
             "nn_dist_ratio": memorisation(samples[n_train:], real[0], seed)["nn_dist_ratio"],
         }
-    real_train, real_test, _ = real
+    real_train, real_test = real
 
     def fit(fakes: torch.Tensor, detector_seed: int) -> torch.nn.Module:
         x = torch.cat([real_train, fakes])
