@@ -361,7 +361,7 @@ def load_texts(
     path: str | None, data_dir: str | Path, on_bad_file: OnBadFile = "warn", max_pieces: int | None = None
 ) -> dict[str, str]:
     """{name: encoded text} of the pieces (the first `max_pieces` by name), parsed once and cached
-    in `data_dir` (a piece that failed to parse is remembered as failed)."""
+    in `data_dir` (a file that failed to parse is remembered with its error, and not parsed again)."""
     import music21
 
     files = music_files(path)[:max_pieces]
@@ -378,13 +378,12 @@ def load_texts(
                 rank_zero_info(f"Parsing music files with music21 (once; kept in {cache_path})")
             try:
                 piece = parse_file(file)
-                cache[key] = encode(piece) if piece.notes else None
+                cache[key] = encode(piece) if piece.notes else {"error": "it holds no notes"}
             except Exception as err:  # music21 raises many kinds for files it cannot read
-                cache[key] = None
-                rank_zero_info(f"music21 could not read {file}: {type(err).__name__}: {err}")
+                cache[key] = {"error": f"{type(err).__name__}: {err}".splitlines()[0]}  # remembered: not retried
             changed = True
-        if cache[key] is None:
-            message = f"music21 could not read '{file}' or it holds no notes"
+        if isinstance(cache[key], dict):
+            message = f"music21 could not read '{file}' ({cache[key]['error']})"
             if on_bad_file == "error":
                 raise DataError(f"{message}; remove it, or set data.on_bad_file=warn to skip such files")
             rank_zero_warn(f"{message}: skipped (data.on_bad_file=warn)")
@@ -404,7 +403,8 @@ def split_pieces(texts: dict[str, str], val_fraction: float, test_fraction: floa
             seen.add(texts[name])
             names.append(name)
     random.Random(seed).shuffle(names)
-    n_val, n_test = max(1, round(len(names) * val_fraction)), round(len(names) * test_fraction)
+    n_val = max(1, round(len(names) * val_fraction))
+    n_test = max(1, round(len(names) * test_fraction)) if test_fraction > 0 else 0
     if len(names) < n_val + n_test + 1:
         raise DataError(f"{len(names)} distinct piece(s) is too few to split: use more files or data.max_pieces=null")
     return {
