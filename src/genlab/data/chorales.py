@@ -49,8 +49,8 @@ from typing import Literal
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
 
-from genlab.data.split_text import setup_from_texts
 from genlab.data.text import TextDataModule, write_atomically
 from genlab.errors import ConfigError, DataError
 from genlab.tokenizers import TokenizerKind
@@ -415,8 +415,9 @@ def split_pieces(texts: dict[str, str], val_fraction: float, test_fraction: floa
 
 
 class ChoralesDataModule(TextDataModule):
-    """Pieces of music as text, one per line, split by piece; see the module docstring. The windows,
-    samplers (exact mid-epoch resume) and tokenizers are TextDataModule's."""
+    """Pieces of music as text, one per line, split by piece, with a test split (`test_dataloader`)
+    and the scores of the module docstring. The windows, samplers (exact mid-epoch resume),
+    tokenizers and token cache are TextDataModule's; this class supplies `split_texts`."""
 
     def __init__(
         self,
@@ -424,6 +425,7 @@ class ChoralesDataModule(TextDataModule):
         max_pieces: int | None = None,
         on_bad_file: OnBadFile = "warn",
         tokenizer: TokenizerKind = "char",
+        vocab_size: int = 2048,
         block_size: int = 256,
         batch_size: int = 32,
         val_fraction: float = 0.1,
@@ -432,46 +434,71 @@ class ChoralesDataModule(TextDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
+        """`path`: a folder of music files (null: the Bach chorales); `max_pieces`: only the first N files;
+        `on_bad_file`: warn | error. The other arguments are TextDataModule's; `val_fraction`/`test_fraction`
+        are fractions of the distinct pieces."""
         if on_bad_file not in ("warn", "error"):
             raise ConfigError(f"data.on_bad_file must be 'warn' or 'error', got {on_bad_file!r}")
         if max_pieces is not None and max_pieces < 3:
             raise ConfigError(f"data.max_pieces must be null or at least 3 (one per split), got {max_pieces}")
-        if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        if not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ConfigError(
-                "data.test_fraction must be in [0, 1) with data.val_fraction + data.test_fraction < 1, "
+                "data.test_fraction must be in (0, 1) with data.val_fraction + data.test_fraction < 1, "
                 f"got {test_fraction} and {val_fraction}"
             )
-        super().__init__(None, None, tokenizer, block_size, batch_size, val_fraction, data_dir, num_workers, seed)
-        self.path, self.max_pieces, self.on_bad_file, self.test_fraction = path, max_pieces, on_bad_file, test_fraction
-        self.pieces: dict[str, list[str]] = {}
+        super().__init__(
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            block_size=block_size,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            data_dir=data_dir,
+            num_workers=num_workers,
+            seed=seed,
+        )
+        self.folder, self.max_pieces, self.on_bad_file, self.test_fraction = (
+            path,
+            max_pieces,
+            on_bad_file,
+            test_fraction,
+        )
+        self.pieces: dict[str, list[str]] = {}  # the encoded pieces of each split
         self._scorer: MusicScorer | None = None
 
     @property
-    def source(self) -> Path | None:
-        return None  # the split texts are made in memory (TextDataModule's file cache is for raw text)
+    def source(self) -> Path:
+        if self.folder is None:
+            from music21 import corpus
 
-    def prepare_data(self) -> None:
-        load_texts(self.path, self.data_dir, self.on_bad_file, self.max_pieces)
+            return Path(corpus.__file__).parent / "bach"
+        return Path(self.folder).expanduser()
 
-    def texts(self) -> dict[str, str]:
-        texts = load_texts(self.path, self.data_dir, self.on_bad_file, self.max_pieces)
-        self.pieces = split_pieces(texts, self.val_fraction, self.test_fraction, self.seed)
-        # A newline before every piece: the GPT samples from "\n", i.e. from the start of a piece.
-        return {split: "".join("\n" + t for t in pieces) + "\n" for split, pieces in self.pieces.items()}
+    def split_texts(self) -> dict[str, list[str]]:
+        """One document per piece, "\n" + its text, and a last "\n": every piece starts after a newline,
+        where the GPT's samples start."""
+        if not self.pieces:
+            texts = load_texts(self.folder, self.data_dir, self.on_bad_file, self.max_pieces)
+            self.pieces = split_pieces(texts, self.val_fraction, self.test_fraction, self.seed)
+        return {split: ["\n" + t for t in pieces] + ["\n"] for split, pieces in self.pieces.items()}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.tokens is None:
-            setup_from_texts(self, self.texts(), what=self.path or "the Bach chorales")
-        super().setup(stage)
+    metric_notes = {
+        "valid": "fraction of samples that decode to notes without a malformed token",
+        "in_key": "mean fraction of a sample's notes in its Krumhansl-Kessler key (in_key_data: the test pieces')",
+        "pitch_class_tv": "total variation between tonic-relative pitch-class histograms, samples vs test pieces",
+        "duration_tv": "total variation between note-duration histograms, samples vs test pieces",
+    }
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
 
     def score(self, samples: list[str]) -> dict[str, float]:
         if self._scorer is None:
-            reference = self.pieces["test"] or self.pieces["val"]
-            self._scorer = MusicScorer([decode(t) for t in reference])
+            self._scorer = MusicScorer([decode(t) for t in self.pieces["test"]])
         return self._scorer(samples)
 
     def write_samples(self, samples: list[str], folder: Path, stem: str) -> list[Path]:
         """`<stem>_<i>.mid` for every sample with notes, and `<stem>_pianoroll.png` of the first eight."""
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         pieces = [(i, p) for i, p in enumerate(decode(s) for s in samples) if p.notes]
         paths = [piano_roll([p for _, p in pieces[:8]], folder / f"{stem}_pianoroll.png")] if pieces else []

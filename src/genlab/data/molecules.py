@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from torch.utils.data import DataLoader
 
-from genlab.data.split_text import setup_from_texts
 from genlab.data.text import TextDataModule, write_atomically
 from genlab.errors import ConfigError, DataError
 from genlab.tokenizers import TokenizerKind
@@ -222,12 +222,11 @@ def load_splits(
     return splits
 
 
-def split_texts(splits: dict[str, list[str]], encoding: Encoding) -> dict[str, str]:
-    """Each split as text: one molecule per line, with a newline before the first too (the GPT's
-    sampling prompt), so every molecule in the stream follows a newline."""
+def split_texts(splits: dict[str, list[str]], encoding: Encoding) -> dict[str, list[str]]:
+    """Each split as documents: "\n" + each molecule's string, then a last "\n" (one molecule per line)."""
     if encoding == "selfies":
         splits = {k: [e for s in v if (e := to_selfies(s)) is not None] for k, v in splits.items()}
-    return {k: "".join("\n" + s for s in v) + "\n" for k, v in splits.items()}
+    return {k: ["\n" + s for s in v] + ["\n"] for k, v in splits.items()}
 
 
 def check_encoding(encoding: str) -> None:
@@ -236,16 +235,16 @@ def check_encoding(encoding: str) -> None:
 
 
 class MoleculesDataModule(TextDataModule):
-    """SMILES (or SELFIES) text, one molecule per line, split by molecule; see the module docstring.
-
-    The windows, samplers (exact mid-epoch resume) and tokenizers are TextDataModule's; this class
-    supplies the three split texts and the scores."""
+    """SMILES (or SELFIES) text, one molecule per line, split by molecule, with a test split
+    (`test_dataloader`) and the scores of the module docstring. The windows, samplers (exact mid-epoch
+    resume), tokenizers and token cache are TextDataModule's; this class supplies `split_texts`."""
 
     def __init__(
         self,
         path: str | None = None,
         encoding: Encoding = "smiles",
         tokenizer: TokenizerKind = "char",
+        vocab_size: int = 2048,
         block_size: int = 128,
         batch_size: int = 32,
         val_fraction: float = 0.1,
@@ -254,32 +253,55 @@ class MoleculesDataModule(TextDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
+        """`path`: a .smi or .csv file (null: RDKit's NCI set); `encoding`: smiles | selfies. The other
+        arguments are TextDataModule's; `val_fraction`/`test_fraction` are fractions of the distinct molecules."""
         check_encoding(encoding)
-        if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        if not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ConfigError(
-                f"data.test_fraction must be in [0, 1) with data.val_fraction + data.test_fraction < 1, "
+                f"data.test_fraction must be in (0, 1) with data.val_fraction + data.test_fraction < 1, "
                 f"got {test_fraction} and {val_fraction}"
             )
-        super().__init__(None, None, tokenizer, block_size, batch_size, val_fraction, data_dir, num_workers, seed)
-        self.path, self.encoding, self.test_fraction = path, encoding, test_fraction
-        self.molecules: dict[str, list[str]] = {}
+        super().__init__(
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            block_size=block_size,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            data_dir=data_dir,
+            num_workers=num_workers,
+            seed=seed,
+        )
+        self.file, self.encoding, self.test_fraction = path, encoding, test_fraction
+        self.molecules: dict[str, list[str]] = {}  # canonical SMILES per split
         self._scorer: MoleculeScorer | None = None
 
     @property
-    def source(self) -> Path | None:
-        return None  # the split texts are made in memory (TextDataModule's file cache is for raw text)
+    def source(self) -> Path:
+        return embedded_path() if self.file is None else Path(self.file).expanduser()
 
-    def prepare_data(self) -> None:
-        load_splits(self.path, self.val_fraction, self.test_fraction, self.seed, self.data_dir)
-
-    def texts(self) -> dict[str, str]:
-        self.molecules = load_splits(self.path, self.val_fraction, self.test_fraction, self.seed, self.data_dir)
+    def split_texts(self) -> dict[str, list[str]]:
+        """One document per molecule, "\n" + its string, and a last "\n": every molecule follows a newline,
+        where the GPT's samples start."""
+        if not self.molecules:
+            self.molecules = load_splits(self.file, self.val_fraction, self.test_fraction, self.seed, self.data_dir)
+            for split, molecules in self.molecules.items():
+                if not molecules:
+                    raise DataError(
+                        f"data.path: the {split} split of '{self.source}' got no molecule "
+                        f"({sum(map(len, self.molecules.values()))} in all): give more molecules or larger fractions"
+                    )
         return split_texts(self.molecules, self.encoding)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.tokens is None:
-            setup_from_texts(self, self.texts(), what=str(self.path or embedded_path()))
-        super().setup(stage)
+    metric_notes = {
+        "valid": "fraction of samples whose first line RDKit parses (SELFIES: decodes to a molecule)",
+        "unique": "distinct valid molecules / valid molecules",
+        "novel": "distinct valid molecules not in the training split / distinct valid molecules",
+        "qed": "mean QED of the valid samples (qed_data: of the test split; qed_w1: Wasserstein-1 between them)",
+        "sa": "mean synthetic accessibility, 1 easy to 10 hard (sa_data, sa_w1 as for qed)",
+    }
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
 
     def score(self, samples: list[str]) -> dict[str, float]:
         if self._scorer is None:  # QED/SA of the reference set once (SA takes ~1 ms a molecule)
@@ -288,10 +310,11 @@ class MoleculesDataModule(TextDataModule):
 
     def write_samples(self, samples: list[str], folder: Path, stem: str) -> list[Path]:
         """`<stem>.smi`: the valid samples' canonical SMILES, each named by its sample's index (the raw
-        text, invalid samples too, is what `make sample` writes beside it)."""
+        text, invalid samples too, is written beside it as text)."""
         molecules = MoleculeScorer([], [], self.encoding).molecules(samples)
         lines = [f"{m}\tsample_{i}" for i, m in enumerate(molecules) if m is not None]
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{stem}.smi"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         return [path]
