@@ -483,7 +483,8 @@ class ChoralesDataModule(TextDataModule):
 
     metric_notes = {
         "valid": "fraction of samples that decode to notes without a malformed token",
-        "in_key": "mean fraction of a sample's notes in its Krumhansl-Kessler key (in_key_data: the test pieces')",
+        "in_key": "mean fraction of a sample's notes in its own key (Krumhansl-Kessler key finding)",
+        "in_key_data": "the same for the test split's pieces",
         "pitch_class_tv": "total variation between tonic-relative pitch-class histograms, samples vs test pieces",
         "duration_tv": "total variation between note-duration histograms, samples vs test pieces",
     }

@@ -296,8 +296,12 @@ class MoleculesDataModule(TextDataModule):
         "valid": "fraction of samples whose first line RDKit parses (SELFIES: decodes to a molecule)",
         "unique": "distinct valid molecules / valid molecules",
         "novel": "distinct valid molecules not in the training split / distinct valid molecules",
-        "qed": "mean QED of the valid samples (qed_data: of the test split; qed_w1: Wasserstein-1 between them)",
-        "sa": "mean synthetic accessibility, 1 easy to 10 hard (sa_data, sa_w1 as for qed)",
+        "qed": "mean QED (drug-likeness, 0 to 1) of the valid samples",
+        "qed_data": "mean QED of the test split's molecules",
+        "qed_w1": "Wasserstein-1 distance between the QED of the valid samples and of the test split",
+        "sa": "mean synthetic accessibility (1 easy to 10 hard) of the valid samples",
+        "sa_data": "mean synthetic accessibility of the test split's molecules",
+        "sa_w1": "Wasserstein-1 distance between the SA of the valid samples and of the test split",
     }
 
     def test_dataloader(self) -> DataLoader:
