@@ -1,3 +1,4 @@
+import gzip
 import math
 from pathlib import Path
 
@@ -94,6 +95,9 @@ def test_csv_with_a_smiles_column(tmp_path):
     path = tmp_path / "mols.csv"
     path.write_text("SMILES,SPLIT\nCCO,train\nc1ccccc1,test\nCC(=O)O,train\n")
     assert molecules.read_smiles(path) == ["CCO", "c1ccccc1", "CC(=O)O"]
+    zipped = tmp_path / "mols.csv.gz"  # as the molsets wheel ships MOSES
+    zipped.write_bytes(gzip.compress(path.read_bytes()))
+    assert molecules.read_smiles(zipped) == ["CCO", "c1ccccc1", "CC(=O)O"]
 
 
 def test_a_short_run_writes_and_scores_molecules(nci50, tmp_path, make_config):

@@ -4,7 +4,7 @@
                      run needs nothing else
     path=FILE        a `.smi` file (SMILES in the first column) or a `.csv` file (a column named
                      "smiles", any case, else the first column): e.g. MOSES's dataset_v1.csv, which
-                     the `molsets` wheel holds (`moses/dataset/data/`)
+                     the `molsets` wheel holds (`moses/dataset/data/train.csv.gz`; gzipped files are read as they are)
     encoding=selfies the same molecules as SELFIES strings (Krenn et al. 2020), decoded back to
                      SMILES for scoring
 
@@ -26,6 +26,7 @@ Scores (`score(samples)`, the MOSES metrics of Polykovskiy et al. 2020):
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import os
@@ -97,12 +98,15 @@ def sa_of(smiles: str) -> float | None:
 
 
 def read_smiles(path: Path) -> list[str]:
-    """The SMILES strings of a `.smi` (first whitespace-separated column) or `.csv` file, as written."""
+    """The SMILES strings of a `.smi` (first whitespace-separated column) or `.csv` file, as written;
+    either may be gzipped (`.csv.gz`: how the molsets wheel ships MOSES's train.csv.gz/test.csv.gz)."""
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise DataError(f"data.path: '{path}' {what}; give a .smi or .csv file of SMILES")
-    with open(path, encoding="utf-8", newline="") as file:
-        if path.suffix.lower() == ".csv":
+    zipped = path.suffix.lower() == ".gz"
+    kind = Path(path.stem).suffix.lower() if zipped else path.suffix.lower()
+    with (gzip.open if zipped else open)(path, "rt", encoding="utf-8", newline="") as file:
+        if kind == ".csv":
             rows = csv.reader(file)
             header = next(rows, [])
             names = [h.strip().lower() for h in header]
