@@ -4,8 +4,8 @@
 
 RUN is a run folder (its last checkpoint) of a text-like data set with a `score()` (molecules,
 chorales, code). Both models are scored on `n` samples that start where the GPT's samples start
-(`model.sample_prompt`, of the model's `sample_length` characters; the GPT's with the model's own
-temperature unless `temperature=` is given). The n-gram model (`genlab.baselines.NgramModel`) is
+(`model.sample_prompt`), the GPT's of the model's `sample_length` tokens at the model's own
+temperature unless `temperature=` is given, the n-gram's as many characters as the GPT's hold on average). The n-gram model (`genlab.baselines.NgramModel`) is
 fitted on the same training split; its order is the one of `orders` with the lowest bits per
 character on the validation split (the baseline's best shot). Prints one table; writes
 `<RUN>/domain_baselines.json`.
@@ -51,7 +51,9 @@ def main(argv: list[str]) -> None:
     fitted = {order: NgramModel(order).fit(train_text) for order in orders}
     bpc = {order: ngram.bits_per_char(val_text) for order, ngram in fitted.items()}
     best = min(bpc, key=bpc.get)
-    ngram_samples = fitted[best].sample(n, length, prompt=prompt, seed=0)
+    # As many characters as the GPT's samples hold on average (its sample_length counts tokens: BPE ones are longer).
+    chars = round(sum(map(len, gpt_samples)) / len(gpt_samples))
+    ngram_samples = fitted[best].sample(n, chars, prompt=prompt, seed=0)
     ngram_seconds = time.perf_counter() - began
     ngram_scores = datamodule.score(ngram_samples)
 
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> None:
         logged = [row["val/bpc"] for row in csv.DictReader(file) if row.get("val/bpc")]
     metrics = {"val/bpc": float(logged[-1]) if logged else math.nan}  # bits per token: per char for char tokens
 
-    print(f"run: {run}  n={n}  threads={threads}  prompt={prompt!r}  length={length}")
+    print(f"run: {run}  n={n}  threads={threads}  prompt={prompt!r}  length={length} tokens, {chars} characters")
     print(f"n-gram val bits/char by order: {', '.join(f'{o}: {b:.3f}' for o, b in bpc.items())} -> order {best}")
     print(f"{'':16} {'GPT':>10} {'n-gram':>10}")
     print(f"{'val bits/char':16} {metrics['val/bpc']:>10.3f} {bpc[best]:>10.3f}")
@@ -71,7 +73,7 @@ def main(argv: list[str]) -> None:
         "threads": threads,
         "temperature": model.hparams.temperature,
         "gpt": {"val/bpc": metrics["val/bpc"], **gpt_scores, "sampling_seconds": gpt_seconds},
-        "ngram": {"order": best, "val/bpc": bpc[best], **ngram_scores, "seconds": ngram_seconds},
+        "ngram": {"order": best, "characters": chars, "val/bpc": bpc[best], **ngram_scores, "seconds": ngram_seconds},
         "ngram_bpc_by_order": bpc,
     }
     (run / "domain_baselines.json").write_text(json.dumps(report, indent=1) + "\n")
