@@ -6,9 +6,9 @@ RUN is a run folder (its last checkpoint) of a text-like data set with a `score(
 chorales, code). Both models are scored on `n` samples that start where the GPT's samples start
 (`model.sample_prompt`): the GPT's of the model's `sample_length` tokens at the model's own
 temperature unless `temperature=` is given, the n-gram's as many characters as the GPT's hold on
-average. The n-gram model (`genlab.baselines.NgramModel`) is fitted on the same training split; its order is the one of `orders` with the lowest bits per
-character on the validation split (the baseline's best shot). Prints one table; writes
-`<RUN>/domain_baselines.json`.
+average. The n-gram model (`genlab.baselines.NgramModel`) is fitted on the same training split;
+its order is the one of `orders` with the lowest bits per character on the validation split (the
+baseline's best shot). Prints one table; writes `<RUN>/domain_baselines.json`.
 """
 
 from __future__ import annotations
