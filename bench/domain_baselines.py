@@ -59,7 +59,10 @@ def main(argv: list[str]) -> None:
 
     with open(run / "metrics.csv", newline="") as file:
         logged = [row["val/bpc"] for row in csv.DictReader(file) if row.get("val/bpc")]
-    metrics = {"val/bpc": float(logged[-1]) if logged else math.nan}  # bits per token: per char for char tokens
+    # val/bpc is bits per TOKEN; per character it is that times the validation split's tokens per character.
+    val = datamodule.splits["val"]
+    per_char = (val.stop - val.start) / len(val_text)
+    metrics = {"val/bpc": float(logged[-1]) * per_char if logged else math.nan}
 
     print(f"run: {run}  n={n}  threads={threads}  prompt={prompt!r}  length={length} tokens, {chars} characters")
     print(f"n-gram val bits/char by order: {', '.join(f'{o}: {b:.3f}' for o, b in bpc.items())} -> order {best}")
