@@ -23,8 +23,9 @@ text keeps the char and BPE tokenizers, the windows and the GPT unchanged (midit
 ids of its own vocabulary and would need another tokenizer in checkpoints, and another dependency);
 it is written with 15 characters (digits, `:`, `+`, `|`, space, newline); it is readable; and a
 sample of any length decodes (a malformed token is counted and skipped). Durations are per note,
-as in miditok's TSD, so the four voices need no note-off bookkeeping. Voices are not told apart (chorales are four-part harmony; the MIDI is one
-track), and fermatas, dynamics and tempo are dropped.
+as in miditok's TSD, so the four voices need no note-off bookkeeping. Voices are not told apart
+(chorales are four-part harmony; the MIDI is one track), and fermatas, dynamics and tempo are
+dropped.
 
 Scores of samples against the test split's pieces (`score(samples)`):
     valid            fraction of samples that decode to notes without a malformed token
