@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--orders", default="3,4,5,6")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bpe-vocab", type=int, default=2048, help="vocab_size of the BPE timed on the corpus")
+    parser.add_argument("--parts", default="gpt,ngram,bpe", help="what to measure (the n-gram fit takes minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -40,22 +41,36 @@ def main() -> None:
     texts = datamodule.split_texts()
     length = int(model.hparams.sample_length)
 
-    start = time.perf_counter()
-    samples = list(draw(model, args.n, seed=0))
-    gpt_time = time.perf_counter() - start
-    gpt = datamodule.score(samples)
+    parts = set(args.parts.split(","))
+    if "gpt" in parts:
+        start = time.perf_counter()
+        samples = list(draw(model, args.n, seed=0))
+        gpt_time = time.perf_counter() - start
+        gpt = datamodule.score(samples)
+        print(
+            f"GPT ({datamodule.tokenizer_kind}, {datamodule.vocab_size} ids): {args.n} samples of {length} tokens "
+            f"in {gpt_time:.0f} s: " + ", ".join(f"{k} {v:.3f}" for k, v in gpt.items())
+        )
     val_chars = sum(len(t) for t in texts["val"])
     val = datamodule.splits["val"]
-    print(
-        f"GPT ({datamodule.tokenizer_kind}, {datamodule.vocab_size} ids): {args.n} samples of {length} tokens "
-        f"in {gpt_time:.0f} s: " + ", ".join(f"{k} {v:.3f}" for k, v in gpt.items())
-    )
     print(
         f"  validation split: {val_chars} characters, {val.stop - val.start} tokens "
         f"({val_chars / (val.stop - val.start):.3f} characters per token)"
     )
 
-    orders = [int(o) for o in args.orders.split(",")]
+    metrics = Path(args.run) / "metrics.csv"
+    if metrics.is_file():  # the run's last val/loss (nats per token) in bits per CHARACTER
+        with open(metrics, newline="") as file:
+            loss = [float(row["val/loss"]) for row in csv.DictReader(file) if row.get("val/loss")][-1]
+        tokens_per_char = (val.stop - val.start) / val_chars
+        print(f"GPT: last val/loss {loss:.4f} nats/token = {loss / math.log(2) * tokens_per_char:.4f} bits/char")
+    if "ngram" in parts:
+        ngram_baseline(texts, [int(o) for o in args.orders.split(",")], args.n, length, datamodule)
+    if "bpe" in parts:
+        bpe_speed(texts, args.bpe_vocab)
+
+
+def ngram_baseline(texts, orders, n, length, datamodule) -> None:
     start = time.perf_counter()
     full = NgramModel(max(orders)).fit(texts["train"])
     fit_time = time.perf_counter() - start
@@ -69,30 +84,26 @@ def main() -> None:
             best = (ngram, bpc)
     ngram, bpc = best
     start = time.perf_counter()
-    baseline = datamodule.score(ngram.sample(args.n, length, prompt=datamodule.prompt, seed=0))
+    baseline = datamodule.score(ngram.sample(n, length, prompt=datamodule.prompt, seed=0))
     print(
         f"n-gram order {ngram.order} (fit {fit_time:.0f} s, sampled {time.perf_counter() - start:.0f} s), "
-        f"{args.n} samples of {length} characters: " + ", ".join(f"{k} {v:.3f}" for k, v in baseline.items())
+        f"{n} samples of {length} characters: " + ", ".join(f"{k} {v:.3f}" for k, v in baseline.items())
     )
 
+
+def bpe_speed(texts, vocab_size) -> None:
     corpus = [t for docs in texts.values() for t in docs]
     chars = sum(len(t) for t in corpus)
-    tokenizer = BPETokenizer.train(texts["train"], args.bpe_vocab)
+    tokenizer = BPETokenizer.train(texts["train"], vocab_size)
     start = time.perf_counter()
     ids = tokenizer.encode_many(corpus)
     seconds = time.perf_counter() - start
     tokens = sum(len(i) for i in ids)
     print(
-        f"BPE {args.bpe_vocab}: encoded {chars / 1e6:.1f}M characters into {tokens / 1e6:.2f}M tokens in "
+        f"BPE {vocab_size}: encoded {chars / 1e6:.1f}M characters into {tokens / 1e6:.2f}M tokens in "
         f"{seconds:.1f} s: {tokens / seconds / 1e3:.0f}k tokens/s, {chars / seconds / 1e6:.2f}M characters/s "
         f"({chars / tokens:.2f} characters per token)"
     )
-    metrics = Path(args.run) / "metrics.csv"
-    if metrics.is_file():  # the run's last val/loss (nats per token) in bits per CHARACTER
-        with open(metrics, newline="") as file:
-            loss = [float(row["val/loss"]) for row in csv.DictReader(file) if row.get("val/loss")][-1]
-        tokens_per_char = (val.stop - val.start) / val_chars
-        print(f"GPT: last val/loss {loss:.4f} nats/token = {loss / math.log(2) * tokens_per_char:.4f} bits/char")
 
 
 if __name__ == "__main__":
