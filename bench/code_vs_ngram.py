@@ -31,11 +31,14 @@ def main() -> None:
     parser.add_argument("--orders", default="3,4,5,6")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bpe-vocab", type=int, default=2048, help="vocab_size of the BPE timed on the corpus")
+    parser.add_argument("--prompt", default=None, help="instead of the run's data.prompt (and the model's)")
     parser.add_argument("--parts", default="gpt,ngram,bpe", help="what to measure (the n-gram fit takes minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model, _, config = load(args.run, "cpu")
+    if args.prompt is not None:
+        config["data"]["prompt"] = model.hparams.sample_prompt = args.prompt
     datamodule = instantiate(config["data"])
     datamodule.setup("fit")
     texts = datamodule.split_texts()

@@ -76,7 +76,7 @@ def function_of(text: str) -> tuple[str, bool]:
     ending in ":"; the body's indentation is that of its first non-blank line; the function ends before the
     first non-blank line indented less than the body (a method's body ends at the next method, at 4 spaces)
     or at column 0. When no such line comes, it is cut at the last complete line (the last line dropped)."""
-    lines = text.split("\n")
+    lines = text.lstrip("\n").split("\n")  # a prompt may start with blank lines ("\n\ndef ")
     in_header, body_indent = not lines[0].rstrip().endswith(":"), None
     for i in range(1, len(lines)):
         line = lines[i]
