@@ -15,7 +15,8 @@ folder never moves another file to another split. Each split's files are joined 
 they are (each ends with its newline). Tokenizing, the token cache, the window samplers and their
 exact mid-epoch resume are TextDataModule's (this module only supplies `split_texts`).
 
-Domain score of sampled code (`score`), on samples that continue `prompt` ("def "):
+Domain score of sampled code (`score`), on samples that continue `prompt` ("\n\ndef ": a top-level function;
+after a bare "def " a model writes methods as often as the corpus has them):
     parse     the fraction whose FUNCTION parses with `ast.parse`. The function is prompt + sample up
               to (not including) the first non-blank line, after its header (the lines up to the first
               ending in ":"), that is indented less than the body's first line or not at all: the body
@@ -112,7 +113,7 @@ class CodeDataModule(TextDataModule):
     def __init__(
         self,
         path: str | None = None,
-        prompt: str = "def ",
+        prompt: str = "\n\ndef ",
         tokenizer: TokenizerKind = "char",
         vocab_size: int = 2048,
         block_size: int = 128,
@@ -190,7 +191,7 @@ class CodeDataModule(TextDataModule):
 
     def _with_prompt(self, sample: str) -> str:
         # GPTModule.sample leaves the prompt out; generate() (a prompt given to `make sample`) keeps it.
-        return sample if sample.startswith(self.prompt) else self.prompt + sample
+        return sample if sample.lstrip("\n").startswith(self.prompt.lstrip("\n")) else self.prompt + sample
 
     def score(self, samples: list[str]) -> dict[str, float]:
         """parse, complete and unique of the samples (definitions in the module docstring)."""
