@@ -92,7 +92,7 @@ def test_code_experiment_with_bpe_end_to_end(tmp_path, capsys):
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     assert model.tokenizer == datamodule.tokenizer
-    assert model.hparams.sample_prompt == "def "
+    assert model.hparams.sample_prompt == "\n\ndef "
     for text in datamodule.split_texts()["train"]:
         assert np.array_equal(model.tokenizer.encode(text), datamodule.tokenizer.encode(text))
     assert sample.main([str(run), "n=2", "prompt=def ", "length=8", f"out={tmp_path / 'drawn'}"]) == 0
@@ -106,5 +106,6 @@ def test_code_experiment_with_bpe_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["gpt_code"])
 def test_experiment_composes_with_the_prompt_tied(name):
     cfg = compose([f"experiment={name}"])
-    assert cfg.model.sample_prompt == cfg.data.prompt == "def "
+    assert cfg.model.sample_prompt == cfg.data.prompt == "\n\ndef "
+    assert cfg.data.tokenizer == "bpe"
     assert cfg.data._target_ == "genlab.data.code.CodeDataModule"

@@ -89,6 +89,9 @@ def test_bad_folders_are_one_line_errors(tmp_path):
 def test_score_on_known_snippets(tmp_path):
     assert function_of("def f(x):\n    return x\n\nprint(f(1))\n") == ("def f(x):\n    return x\n", True)
     assert function_of("def f(x):\n    a = 1\n    b = (2,") == ("def f(x):\n    a = 1\n", False)
+    assert function_of("\n\ndef f():\n    pass\nx") == ("def f():\n    pass\n", True)  # a prompt "\n\ndef "
+    method = "def m(self,\n      x):\n        if x:\n            return 1\n\n    def n(self):\n"  # a method's body
+    assert function_of(method) == ("def m(self,\n      x):\n        if x:\n            return 1\n", True)
     dm = CodeDataModule(path=str(tmp_path))  # score needs no data
     samples = [
         "f(x):\n    return x + 1\n\nclass A:\n",  # parses, ended

@@ -15,12 +15,15 @@ folder never moves another file to another split. Each split's files are joined 
 they are (each ends with its newline). Tokenizing, the token cache, the window samplers and their
 exact mid-epoch resume are TextDataModule's (this module only supplies `split_texts`).
 
-Domain score of sampled code (`score`), on samples that continue `prompt` ("def "):
+Domain score of sampled code (`score`), on samples that continue `prompt` ("\n\ndef ": a top-level function;
+after a bare "def " a model writes methods as often as the corpus has them):
     parse     the fraction whose FUNCTION parses with `ast.parse`. The function is prompt + sample up
-              to (not including) the first non-blank line after the `def` line that starts at column 0
-              (the body has ended); when no such line comes within the sample, up to its last complete
-              line (the last line, cut mid-way, is dropped): a body cut between statements parses, one
-              cut inside a bracket or a string does not.
+              to (not including) the first non-blank line, after its header (the lines up to the first
+              ending in ":"), that is indented less than the body's first line or not at all: the body
+              has ended (most `def`s in the corpus are methods, whose bodies end at the next 4-space
+              `def`). When no such line comes within the sample, the function is cut at the sample's
+              last complete line (the last line, cut mid-way, is dropped): a body cut between statements
+              parses, one cut inside a bracket or a string does not.
     complete  the fraction whose function ended within the sample AND parses (the strict version).
     unique    the fraction of distinct functions among the samples (1.0: no two alike).
 """
@@ -70,13 +73,23 @@ def split_of(rel: Path, val_fraction: float, test_fraction: float) -> str:
 
 
 def function_of(text: str) -> tuple[str, bool]:
-    """The function `text` starts with, and whether it ended within `text` (see `score` in the module
-    docstring: cut before the first non-blank line at column 0 after the first line, else at the last
-    complete line)."""
-    lines = text.split("\n")
+    """The function `text` starts with, and whether it ended within `text`. The header runs to the first line
+    ending in ":"; the body's indentation is that of its first non-blank line; the function ends before the
+    first non-blank line indented less than the body (a method's body ends at the next method, at 4 spaces)
+    or at column 0. When no such line comes, it is cut at the last complete line (the last line dropped)."""
+    lines = text.lstrip("\n").split("\n")  # a prompt may start with blank lines ("\n\ndef ")
+    in_header, body_indent = not lines[0].rstrip().endswith(":"), None
     for i in range(1, len(lines)):
-        if lines[i] and not lines[i][0].isspace():
+        line = lines[i]
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" \t"))
+        if indent == 0 or (body_indent is not None and indent < body_indent):
             return "\n".join(lines[:i]).rstrip() + "\n", True
+        if in_header:  # a signature over several lines
+            in_header = not line.rstrip().endswith(":")
+        elif body_indent is None:
+            body_indent = indent
     return "\n".join(lines[:-1]).rstrip() + "\n", False
 
 
@@ -100,7 +113,7 @@ class CodeDataModule(TextDataModule):
     def __init__(
         self,
         path: str | None = None,
-        prompt: str = "def ",
+        prompt: str = "\n\ndef ",
         tokenizer: TokenizerKind = "char",
         vocab_size: int = 2048,
         block_size: int = 128,
@@ -178,7 +191,7 @@ class CodeDataModule(TextDataModule):
 
     def _with_prompt(self, sample: str) -> str:
         # GPTModule.sample leaves the prompt out; generate() (a prompt given to `make sample`) keeps it.
-        return sample if sample.startswith(self.prompt) else self.prompt + sample
+        return sample if sample.lstrip("\n").startswith(self.prompt.lstrip("\n")) else self.prompt + sample
 
     def score(self, samples: list[str]) -> dict[str, float]:
         """parse, complete and unique of the samples (definitions in the module docstring)."""
