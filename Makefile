@@ -19,9 +19,12 @@ PROMPT ?=
 TEMPERATURE ?=
 EXPORT ?=
 QUICK  ?=
+# make prepare: the data set to convert and the folder for its chunks
+SRC    ?=
+OUT    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep agent sample eval results test test-all lint format bench clean
+.PHONY: help install train prepare sweep agent sample eval results test test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +39,11 @@ install: $(VENV)/.installed  ## create .venv and install genlab with its dev too
 
 train: install  ## train a family on its default data: make train MODEL=vae ARGS="trainer.max_epochs=5"
 	$(PY) -m genlab.train model=$(MODEL) $(ARGS)
+
+prepare: install  ## convert data once into chunks for data=streaming: make prepare SRC=<image folder|mnist|cifar10|text file> OUT=<dir>
+	@test -n "$(SRC)" || { echo "make prepare: give the data: SRC=<image folder | mnist | cifar10 | text file>" >&2; exit 2; }
+	@test -n "$(OUT)" || { echo "make prepare: give the folder for the chunks: OUT=<dir> (new or empty)" >&2; exit 2; }
+	$(PY) -m genlab.prepare "$(SRC)" "$(OUT)" $(ARGS)
 
 # The agent starts each run as `python -m genlab.train ...` with the first python on PATH: ours.
 sweep: install  ## W&B sweep from configs/sweep/$(MODEL).yaml plus an agent here: make sweep MODEL=vae COUNT=10

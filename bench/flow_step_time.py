@@ -17,17 +17,15 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 
 import lightning as L
 import torch
 import vae_step_time
-from vae_step_time import StepTimer, genlab_epochs  # noqa: F401  (genlab_epochs builds __main__.StepTimer)
+from vae_step_time import CLOCKS, StepTimer, genlab_epochs  # noqa: F401  (genlab_epochs builds __main__.StepTimer)
 
 from genlab.config import compose
 from genlab.instantiate import instantiate
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
 
 

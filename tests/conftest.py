@@ -58,3 +58,32 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def column(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(row[key]) for row in rows if row.get(key)]
+
+
+TINY_GPT_WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "saw", "one", "big", "red", "dog", "run", "to")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of a tiny GPT trained for a few steps on short English-like sentences (written
+    to `corpus.txt` beside it): a base to fine-tune (model=gpt_feedback) in a few seconds. Its data
+    arguments are `tiny_gpt_data_args(run)`."""
+    import random
+
+    from genlab.train import train
+
+    root = tmp_path_factory.mktemp("tiny_gpt")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(TINY_GPT_WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(600)]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    overrides = ["model=gpt", f"log_dir={root}", "run_name=base", *tiny_gpt_data_args(root / "gpt" / "base")]
+    overrides += ["model.net.n_layer=1", "model.net.n_head=2", "model.net.n_embd=32", "model.warmup_steps=5"]
+    overrides += ["model.optimizer.lr=3e-3", "model.sample_length=16", "callbacks.samples.num_samples=2"]
+    overrides += ["trainer.max_steps=30", "trainer.limit_train_batches=30", "trainer.limit_val_batches=2"]
+    train(compose([*overrides, *SHORT_RUN]))
+    return root / "gpt" / "base"
+
+
+def tiny_gpt_data_args(run_dir: Path) -> list[str]:
+    """The data settings `tiny_gpt_run` was trained with (a fine-tuning run must use the same)."""
+    return [f"data.path={run_dir.parent.parent / 'corpus.txt'}", "data.block_size=32", "data.batch_size=8"]

@@ -50,7 +50,7 @@ def test_model_names_its_default_data_and_family_trainer_length() -> None:
     cfg = compose(["model=vae"])
     assert cfg.groups.data == "digits"
     assert cfg.data._target_.endswith("DigitsDataModule")
-    assert cfg.trainer.max_epochs == 60
+    assert cfg.trainer.max_epochs == 200
 
 
 def test_group_selection() -> None:
@@ -78,7 +78,7 @@ def test_experiment_selects_groups_and_overrides_values() -> None:
         (["trainer.max_epoch=5"], "max_epochs"),
         (["model.latent_dims=8"], "latent_dim"),
         (["sed=1"], "seed"),
-        (["model.encoder.hiden_channels=[8]"], "hidden_channels"),
+        (["model.encoder.hiden_features=[8]"], "hidden_features"),
         (["data.batch_sise=3"], "batch_size"),  # forwarded through **kwargs to the base class
     ],
 )
@@ -145,8 +145,10 @@ def _argv_for(group: str, choice: str, tmp_path: Path) -> list[str]:
     argv = [f"{group}={choice}"]
     if group == "data":
         argv.insert(0, f"model={_family_of_data().get(choice, 'vae')}")
-    if group == "data" and choice == "image_folder":
+    if group == "data" and choice in ("image_folder", "streaming"):  # a path is required; read at set-up
         argv.append(f"data.path={tmp_path}")
+    if group == "model" and choice == "gpt_feedback":  # read when training starts, not when built
+        argv.append(f"model.init_from={tmp_path}/gpt_run")
     return argv
 
 
@@ -205,7 +207,10 @@ def test_a_target_whose_dependency_is_missing_says_so(tmp_path: Path, monkeypatc
     ("argv", "message"),
     [
         (["trainer.accelerator=gpu"], "'trainer': Trainer could not be built: MisconfigurationException"),
-        (["model.encoder.hidden_channels=[]"], "'model.encoder': ConvEncoder could not be built: IndexError"),
+        (
+            ["model.encoder.hidden_features=[]"],
+            "'model.encoder': MLPEncoder could not be built: ValueError: hidden_features needs",
+        ),
         (["model.optimizer.lr=-1"], "'model.optimizer': Adam could not be built: ValueError: Invalid learning rate"),
     ],
 )

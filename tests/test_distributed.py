@@ -82,6 +82,30 @@ def test_two_nodes_on_loopback_share_one_run_folder(tmp_path: Path) -> None:
     assert not any("sync_dist=True" in output for output in outputs)
 
 
+def test_torchrun_without_a_rendezvous_id_shares_rank_zeros_folder(tmp_path: Path) -> None:
+    """The plain torchrun command (static --master-addr, no --rdzv-id, no run_name): rank zero stamps
+    the run folder and tells the other rank, and Lightning trains on the process group genlab brought up."""
+    argv = ["model=vae", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1"]
+    argv += ["trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]
+    argv += [
+        "trainer.enable_model_summary=false",
+        "callbacks.progress.refresh_rate=0",
+        "callbacks.samples.num_samples=4",
+    ]
+    argv += ["data.batch_size=16", "model.iw_samples=2", f"log_dir={tmp_path}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENLAB_", "SLURM_")) and k not in LAUNCH_VARS}
+    env.update(PYTHONPATH=f"{SRC}{os.pathsep}{env.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1"]
+    torchrun += [f"--master-port={free_port()}", "-m", "genlab.train", *argv]
+    done = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    (run_dir,) = (tmp_path / "vae").iterdir()  # one folder, named by rank zero's clock
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3
+    assert "= 32 samples per optimizer step" in done.stdout + done.stderr  # 16 per process x 2: one DDP job
+
+
 def test_separately_started_processes_need_a_shared_name(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def run_dir(*argv: str) -> Path:
         clean_env.setenv(RUN_DIR_ENV, "")  # as in a fresh process

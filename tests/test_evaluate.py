@@ -25,7 +25,7 @@ def _run(tmp_path_factory, *argv: str) -> Path:
 
 
 def test_vae_eval_writes_json_and_prints_a_table(tmp_path_factory, cache: Path, capsys) -> None:
-    run = _run(tmp_path_factory, "model=vae", "model.encoder.hidden_channels=[16,32]", "trainer=debug")
+    run = _run(tmp_path_factory, "model=vae", "model.encoder.hidden_features=[64,32]", "trainer=debug")
     assert main([str(run), "n=200", f"cache_dir={cache}"]) == 0
     report = json.loads((run / "eval.json").read_text())
     metrics = report["metrics"]
@@ -39,7 +39,7 @@ def test_vae_eval_writes_json_and_prints_a_table(tmp_path_factory, cache: Path, 
 
 
 def test_too_few_samples_refused_before_sampling(tmp_path_factory, cache: Path, capsys) -> None:
-    run = _run(tmp_path_factory, "model=vae", "model.encoder.hidden_channels=[16,32]", "trainer=debug")
+    run = _run(tmp_path_factory, "model=vae", "model.encoder.hidden_features=[64,32]", "trainer=debug")
     assert main([str(run), "n=20", f"cache_dir={cache}"]) == 2
     err = capsys.readouterr().err
     assert "20 samples (n=) are too few" in err and err.count("\n") == 1

@@ -27,8 +27,20 @@ ASSETS = Path(__file__).parent / "assets" / "losses"
 RTOL = 2e-3
 TEXT = "the cat sat on the mat. a dog ran to the sun.\n" * 200
 
+DIFFUSION_NET = ["model.net.base_channels=8", "model.net.channel_mults=[1,2]", "model.net.num_heads=2"]
 RUNS = {
-    "vae": ["model=vae", "model.encoder.hidden_channels=[16,32]", "trainer.limit_train_batches=5"],
+    "vae": ["model=vae", "model.encoder.hidden_features=[64,32]", "trainer.limit_train_batches=5"],
+    "diffusion": ["model=diffusion", *DIFFUSION_NET, "model.sample_steps=4", "trainer.limit_train_batches=5"],
+    "flow_matching": ["model=flow_matching", *DIFFUSION_NET, "model.sample_steps=4", "trainer.limit_train_batches=5"],
+    "flow": ["model=flow", "model.flow.steps_per_level=2", "model.flow.hidden_channels=16", "model.warmup_steps=5"],
+    "gan": [
+        "model=gan",
+        "model.generator.hidden_channels=[16,8]",
+        "model.discriminator.hidden_channels=[8,16]",
+        "model.latent_dim=8",
+        "data.batch_size=32",
+        "trainer.limit_train_batches=5",
+    ],
     "gpt": [
         "model=gpt",
         "model.net.n_layer=1",

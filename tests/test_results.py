@@ -33,8 +33,8 @@ def test_quick_results_page(tmp_path: Path, cache: Path) -> None:
 @pytest.mark.slow
 def test_quick_results_page_every_family(tmp_path: Path, cache: Path) -> None:
     _page(tmp_path, cache, "vae,gpt")
-    page = _page(tmp_path, cache, "vae,gpt").read_text()  # a second time remakes its own run folders
-    assert "| gpt |" in page and "| vae |" in page
+    page = _page(tmp_path, cache, "vae,gpt,gpt_feedback").read_text()  # a second time remakes its own run folders
+    assert "| gpt |" in page and "| vae |" in page and "| gpt_feedback |" in page  # fine-tuned from the gpt run
 
 
 def test_loss_curves_svg_draws_both_curves() -> None:

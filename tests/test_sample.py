@@ -14,7 +14,7 @@ from genlab.run import load_model
 from genlab.sample import export_folder, main
 from genlab.train import train
 
-SMALL_VAE = ("model=vae", "model.encoder.hidden_channels=[16,32]", "trainer=debug", "trainer.max_epochs=1")
+SMALL_VAE = ("model=vae", "model.encoder.hidden_features=[64,32]", "trainer=debug", "trainer.max_epochs=1")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sweeps
+from conftest import tiny_gpt_data_args
 from omegaconf import OmegaConf
 from wandb import wandb_agent
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args, load_sweep_config
@@ -77,8 +78,9 @@ def short(argv: list[str], params: dict[str, Any], log_dir: Path) -> list[str]:
     return [*argv, *(f"{k}={v}" for k, v in SHORT_RUN.items() if k not in params), f"log_dir={log_dir}"]
 
 
-def run_sweep(path: Path, n: int, tmp_path: Path, monkeypatch) -> list[sweeps.SweepRun]:
-    """`n` runs of the sweep in `path`, one after another, as one agent would run them."""
+def run_sweep(path: Path, n: int, tmp_path: Path, monkeypatch, extra: tuple[str, ...] = ()) -> list[sweeps.SweepRun]:
+    """`n` runs of the sweep in `path`, one after another, as one agent would run them; `extra`
+    arguments after the agent's (a base run to start from)."""
     sweep = load_sweep_config(str(path))
     metric = sweep["metric"]["name"]
     random.seed(0)
@@ -91,6 +93,7 @@ def run_sweep(path: Path, n: int, tmp_path: Path, monkeypatch) -> list[sweeps.Sw
         run_id = f"run{i:05d}"
         log_dir = tmp_path / run_id
         argv = short(entrypoint_args(agent_command(sweep, suggestion, run_id, monkeypatch)), suggestion.config, log_dir)
+        argv += extra
 
         cfg = compose(argv)  # a misspelt key fails here, naming it
         for key, param in suggestion.config.items():
@@ -124,8 +127,13 @@ def test_sweep_file_is_valid_and_runs_our_entrypoint_with_wandb(path: Path) -> N
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.stem for p in SWEEP_FILES])
-def test_sweep_runs_as_the_agent_runs_it(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runs = run_sweep(path, 3, tmp_path, monkeypatch)
+def test_sweep_runs_as_the_agent_runs_it(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request) -> None:
+    extra: tuple[str, ...] = ()
+    if path.stem == "gpt_feedback":  # fine-tunes a trained GPT: the tiny one, and prompts that fit its context
+        base = request.getfixturevalue("tiny_gpt_run")
+        extra = (f"model.init_from={base}", *tiny_gpt_data_args(base), "model.prompt_length=4")
+        extra += ("model.completion_length=16", "model.val_prompts=2", "model.prompts_per_step=2")
+    runs = run_sweep(path, 3, tmp_path, monkeypatch, extra)
     assert len({str(r.config) for r in runs}) > 1  # the engine moved on
 
 
@@ -176,7 +184,7 @@ def test_sweep_values_reach_every_ddp_rank(tmp_path: Path, monkeypatch: pytest.M
     defaults, so a rank that had not seen them would build other parameter shapes, and DDP
     refuses to start when the ranks' shapes differ."""
     sweep = load_sweep_config(str(config_dir() / "sweep" / "vae.yaml"))
-    chosen = {"model.latent_dim": 8, "model.encoder.hidden_channels": [32, 64]}
+    chosen = {"model.latent_dim": 8, "model.encoder.hidden_features": [64, 32]}
     suggestion = sweeps.SweepRun(config={k: {"value": v} for k, v in chosen.items()})
     command = agent_command(sweep, suggestion, "ddprun01", monkeypatch)
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1"]

@@ -16,7 +16,7 @@ from genlab.instantiate import instantiate
 from genlab.models import VAEModule
 from genlab.train import main, train
 
-SMALL_VAE = ("model.encoder.hidden_channels=[16,32]",)
+SMALL_VAE = ("model.encoder.hidden_features=[64,32]",)
 
 
 def _only_run(log_dir: Path) -> Path:

@@ -10,7 +10,8 @@
 The folder is decided once by the launching process and passed to the processes Lightning starts
 for DDP through the environment, so every rank writes to the same place. Processes started
 separately (srun, torchrun, one per node) cannot share a timestamp: they name the folder after the
-SLURM job or torchrun's rendezvous id, or must be given the same `run_name`.
+SLURM job or torchrun's rendezvous id, or are given the same `run_name`; torchrun without a rendezvous
+id gets the folder rank zero stamps, sent to the others over the process group.
 """
 
 from __future__ import annotations
@@ -110,16 +111,43 @@ def _new_run_dir(cfg: DictConfig) -> Path:
             )
         return run_dir
     if _started_separately(cfg):
+        if _launched_by_torchrun():
+            return _run_dir_from_rank_zero(cfg)
         # Each process would stamp its own time (they start seconds apart on different nodes).
         raise ConfigError(
             "this is one of several processes started separately (WORLD_SIZE or trainer.num_nodes > 1) with "
             "no SLURM job id or torchrun --rdzv-id to name the run: give every process the same run_name=<name>"
         )
+    return _stamped_run_dir(cfg)
+
+
+def _stamped_run_dir(cfg: DictConfig) -> Path:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir, n = _model_dir(cfg) / stamp, 1
     while run_dir.exists():  # two runs started in the same second
         run_dir, n = _model_dir(cfg) / f"{stamp}_{n}", n + 1
     return run_dir
+
+
+def _launched_by_torchrun() -> bool:
+    """Every process of the job started by torchrun (or another launcher that sets the full env://
+    contract: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so all of them can join a process group now."""
+    return all(os.environ.get(key) for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def _run_dir_from_rank_zero(cfg: DictConfig) -> Path:
+    """torchrun without --rdzv-id (a static --master-addr, one command per node): rank zero stamps the
+    folder and sends it to the others over the job's process group, brought up here with the env://
+    settings torchrun exports. Lightning then finds the group up and uses it instead of making one
+    (`_init_dist_connection` returns early); CUDA tensors go over NCCL, CPU ones over gloo, as it would."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        gpu = torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo")
+    folder = [str(_stamped_run_dir(cfg)) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(folder, src=0, device=torch.device("cpu"))
+    return Path(folder[0])
 
 
 def _auto_resumed_run(cfg: DictConfig) -> Run:

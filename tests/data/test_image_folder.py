@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from genlab.data import ImageFolderDataModule
+from genlab.data import ImageFolderDataModule, image_folder
 from genlab.errors import DataError
 
 
@@ -24,9 +26,8 @@ def _write_images(root: Path) -> None:
 
 
 def _module(path: Path, **kwargs) -> ImageFolderDataModule:
-    return ImageFolderDataModule(
-        path=str(path), image_size=16, batch_size=4, val_fraction=0.2, test_fraction=0.1, num_workers=0, **kwargs
-    )
+    settings = {"image_size": 16, "batch_size": 4, "val_fraction": 0.2, "test_fraction": 0.1, "num_workers": 0}
+    return ImageFolderDataModule(path=str(path), **{**settings, **kwargs})
 
 
 def test_mixed_images_load_at_the_configured_size_with_class_labels(tmp_path: Path) -> None:
@@ -39,16 +40,47 @@ def test_mixed_images_load_at_the_configured_size_with_class_labels(tmp_path: Pa
     assert set(y.tolist()) <= {0, 1}
 
 
-def test_corrupt_file_is_named(tmp_path: Path) -> None:
+def test_corrupt_file_is_named_when_its_batch_is_read(tmp_path: Path) -> None:
     _write_images(tmp_path)
     (tmp_path / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    dm = _module(tmp_path, batch_size=19, val_fraction=0, test_fraction=0)
+    dm.setup("fit")  # lists the files, decodes none
+    assert len(dm.splits["train"]) == 19
     with pytest.raises(DataError, match=r"broken\.png.*on_bad_file=skip"):
-        _module(tmp_path).setup("fit")
-    dm = _module(tmp_path, on_bad_file="skip")
+        next(iter(dm.train_dataloader()))
+    dm = _module(tmp_path, on_bad_file="skip", batch_size=19, val_fraction=0, test_fraction=0)
     dm.setup("fit")
-    assert sum(len(s) for s in dm.splits.values()) == 18
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (18, 3, 16, 16) and y.shape == (18,)  # left out of its batch
+
+
+def test_decoding_happens_in_the_loader_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_images(tmp_path / "images")
+    original = image_folder.decode_image
+
+    def decode_image(*args, **kwargs):
+        (tmp_path / f"decoded_in_{os.getpid()}").touch()  # a file: the worker process's memory is its own
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(image_folder, "decode_image", decode_image)
+    dm = _module(tmp_path / "images", num_workers=1)
+    dm.setup("fit")
+    assert not list(tmp_path.glob("decoded_in_*"))  # set-up decodes nothing
+    assert len(list(dm.train_dataloader())) == 3
+    decoded_in = [p.name for p in tmp_path.glob("decoded_in_*")]
+    assert decoded_in and f"decoded_in_{os.getpid()}" not in decoded_in  # the worker did, not this process
 
 
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist: set data.path"):
         _module(tmp_path / "nowhere").setup("fit")
+
+
+def test_a_very_large_folder_points_to_make_prepare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_images(tmp_path)
+    monkeypatch.setattr(image_folder, "LARGE_FOLDER", 10)  # 18 images stand in for a few hundred thousand
+    with caplog.at_level(logging.WARNING, logger="genlab.data.image_folder"):
+        _module(tmp_path).setup("fit")
+    assert f"make prepare SRC={tmp_path} OUT=<dir>" in caplog.text and "data=streaming" in caplog.text

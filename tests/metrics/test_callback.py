@@ -19,7 +19,7 @@ def _logged(run_dir: Path, key: str) -> list[float]:
 def test_logs_val_fid_every_n_epochs(make_config, log_dir: Path, cache_dir: Path) -> None:
     cfg = make_config(
         "model=vae",
-        "model.encoder.hidden_channels=[16,32]",
+        "model.encoder.hidden_features=[64,32]",
         "trainer=debug",
         "trainer.max_epochs=2",
         "run_name=fid",
@@ -35,7 +35,7 @@ def test_logs_val_fid_every_n_epochs(make_config, log_dir: Path, cache_dir: Path
 
 
 def test_off_by_default(make_config, log_dir: Path) -> None:
-    cfg = make_config("model=vae", "model.encoder.hidden_channels=[16,32]", "trainer=debug", "trainer.max_epochs=1")
+    cfg = make_config("model=vae", "model.encoder.hidden_features=[64,32]", "trainer=debug", "trainer.max_epochs=1")
     assert cfg.callbacks.sample_metrics.every_n_epochs is None
     assert "val/fid" not in train(cfg)
 

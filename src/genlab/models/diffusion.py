@@ -28,6 +28,7 @@ import torch
 from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 from genlab.models.optim import matrix_names, weight_decay_groups
+from genlab.models.step_logs import log_train_step
 from genlab.nets.ema import EMA
 
 
@@ -121,7 +122,7 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self.net, batch[0], batch[1]).mean()
-        self.log("train/loss", loss, prog_bar=True)
+        log_train_step(self, {"train/loss": loss})
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -19,6 +19,7 @@ import torch
 from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 from genlab.models.likelihoods import bits_per_dim, dequantize, dequantized_nll, quantize
+from genlab.models.step_logs import log_train_step
 
 
 def check_temperature(temperature: float, key: str = "temperature") -> None:
@@ -78,7 +79,7 @@ class FlowModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.bpd(batch[0]).mean()
-        self.log("train/loss", loss, prog_bar=True)
+        log_train_step(self, {"train/loss": loss})
         return loss
 
     def _held_out(self, split: str, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

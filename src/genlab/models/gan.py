@@ -52,6 +52,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 from genlab.models.gan_losses import gan_loss, gradient_penalty, r1_penalty
+from genlab.models.step_logs import logs_this_step
 from genlab.nets.ema import EMA
 
 
@@ -214,11 +215,9 @@ class GANModule(L.LightningModule):
             loss = loss + self._last_g_loss
             if hp.max_g_steps is not None and int(self.g_steps) >= hp.max_g_steps:
                 self.trainer.should_stop = True
-        # Only on the batches whose metrics the logger writes (Lightning's rule: every log_every_n_steps
-        # batches; d_steps counts batches here): each self.log call costs ~1 ms of Python on CPU,
-        # 10-20% of a small GAN's step, and values logged in between would only be overwritten.
-        every = self.trainer.log_every_n_steps
-        if (every and int(self.d_steps) % every == 0) or self.trainer.should_stop:
+        # Only on the batches whose metrics the logger writes: each self.log call costs ~1 ms of Python
+        # on CPU, 10-20% of a small GAN's step (see genlab.models.step_logs).
+        if logs_this_step(self):
             if self._last_g_loss is not None:
                 logs["train/g_loss"] = self._last_g_loss
             logs["train/loss"] = loss

@@ -29,6 +29,7 @@ from genlab import tokenizers
 from genlab.errors import ConfigError, DataError
 from genlab.instantiate import instantiate
 from genlab.models.optim import matrix_names, weight_decay_groups
+from genlab.models.step_logs import log_train_step
 from genlab.nets.gpt import GPT
 from genlab.tokenizers import Tokenizer
 
@@ -143,7 +144,7 @@ class GPTModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         # A tensor: Lightning reads it back (a device sync) only on the steps it writes or redraws the bar.
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
+        log_train_step(self, {"train/loss": loss}, batch_size=batch[0].shape[0])
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from genlab.instantiate import instantiate
 from genlab.models.likelihoods import bits_per_dim, make_likelihood
+from genlab.models.step_logs import log_train_step
 
 
 class VAEModule(L.LightningModule):
@@ -70,7 +71,7 @@ class VAEModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         recon, kl = self.loss_terms(batch[0])
         loss = (recon + self.kl_weight() * kl).mean()
-        self.log("train/loss", loss, prog_bar=True)
+        log_train_step(self, {"train/loss": loss})
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -5,6 +5,7 @@ from genlab.nets.classifier import ConvClassifier
 from genlab.nets.conv import ConvDecoder, ConvEncoder
 from genlab.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from genlab.nets.flow import Glow
+from genlab.nets.mlp import MLPDecoder, MLPEncoder
 from genlab.nets.unet import UNet
 
 __all__ = [
@@ -15,5 +16,7 @@ __all__ = [
     "DCGANGenerator",
     "DiffAugment",
     "Glow",
+    "MLPDecoder",
+    "MLPEncoder",
     "UNet",
 ]

@@ -1,0 +1,313 @@
+"""Convert a data set once into sharded chunks that `data=streaming` trains from (LitData's `optimize`).
+
+    genlab-prepare SRC OUT [--workers N] ...        # or: make prepare SRC=... OUT=...
+
+    SRC = a folder of images   flat, or one subfolder per class (as data=image_folder reads it)
+          mnist | cifar10      torchvision's files in --data-dir (downloaded once when online)
+          a text file          tokenized once (--tokenizer char|byte); windows are cut at train time
+
+OUT gets one folder of chunks per split (`train/`, `val/`, and `test/` for images), each a LitData
+`index.json` and `chunk-*.bin` files, plus `genlab.json` (what the chunks hold: kind, classes,
+levels, split sizes, the tokenizer's state) and, for text, `tokenizer.json`. The conversion runs in
+`--workers` processes with a progress bar. Copy OUT to object storage (s3://...) as it is, or train
+from it on local disk: `data=streaming data.path=OUT`.
+
+Images are stored as encoded bytes (the file's own PNG/JPEG bytes, other formats re-encoded as PNG;
+with --image-size resized once here and stored as PNG) and an int label, so chunks stay about the
+size of the source and decoding happens per sample in the loader's workers. Text is stored as uint16
+token ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genlab import tokenizers
+from genlab.errors import ConfigError, DataError, GenlabError
+
+log = logging.getLogger(__name__)
+
+META = "genlab.json"  # what the chunks hold; data=streaming reads it first
+IMAGE_SPLITS = ("train", "val", "test")
+TEXT_SPLITS = ("train", "val")
+ENCODED = {"PNG", "JPEG"}  # formats stored as the file's own bytes
+TOKENS_PER_ITEM = 2**16  # tokens per optimize() item: chunks of text are cut from these
+# LitData starts its workers with "spawn" by default: each re-imports torch (seconds, ~10 s on a busy
+# machine) for every split. Forked workers start at once; fork is Linux's own default.
+START_METHOD = "fork" if sys.platform == "linux" else None
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """`genlab.json` of a prepared folder (local); a one-line DataError if the folder holds no chunks."""
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        what = "does not exist" if not Path(path).exists() else f"holds no prepared chunks (no {META})"
+        raise DataError(
+            f"data.path: '{path}' {what}: convert your data first with "
+            f"`make prepare SRC=<image folder | mnist | cifar10 | text file> OUT={path}`"
+        )
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Images: one sample per input, in worker processes (the functions are top level so they pickle)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 `(H, W)` or `(H, W, C)` as PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)  # fast; PNG stays lossless
+    return buffer.getvalue()
+
+
+def image_file_sample(item: tuple[str, int], image_size: int | None, channels: int) -> Iterator[dict[str, Any]]:
+    """One file as {"image": encoded bytes, "label": int}; an unreadable file is left out with a warning."""
+    from PIL import Image
+
+    from genlab.data.image_folder import READ_ERRORS, read_image
+
+    path, label = item
+    try:
+        if image_size is not None:  # resized once here: (C, S, S) in [-1, 1] back to uint8
+            x = read_image(Path(path), channels, image_size)
+            array = x.add(1).mul(127.5).round().byte().permute(1, 2, 0).squeeze(-1).numpy()
+            data = encode_png(array)
+        else:
+            with Image.open(path) as image:
+                image.load()  # decodes fully: a truncated file fails here, not in training
+                kind = image.format
+            data = Path(path).read_bytes() if kind in ENCODED else encode_png(np.asarray(image))
+            if kind not in ENCODED:  # modes PNG cannot hold (CMYK, 32-bit): what read_image would read
+                read_image(Path(path), channels, 8)
+    except READ_ERRORS as err:
+        log.warning("skipping unreadable image %s (%s)", path, err)
+        return
+    yield {"image": data, "label": int(label)}
+
+
+def array_sample(item: tuple[np.ndarray, int]) -> dict[str, Any]:
+    array, label = item
+    return {"image": encode_png(array), "label": int(label)}
+
+
+def folder_items(src: Path, val_fraction: float, test_fraction: float, seed: int) -> tuple[dict, int]:
+    """The folder's files split by seed (as data=image_folder splits), and the number of classes."""
+    from genlab.data.image_folder import index_folder
+
+    files, labels, classes = index_folder(src)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val, n_test = round(len(files) * val_fraction), round(len(files) * test_fraction)
+    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    return {k: [(str(files[i]), labels[i]) for i in sorted(v)] for k, v in parts.items()}, len(classes)
+
+
+def torchvision_items(name: str, data_dir: Path, val_fraction: float, seed: int) -> tuple[dict, int]:
+    """MNIST or CIFAR-10 from torchvision's files: its test set is `test`, `val` is carved from train."""
+    from torchvision.datasets import CIFAR10, MNIST
+
+    kind = {"mnist": MNIST, "cifar10": CIFAR10}[name]
+    try:
+        train, test = (kind(str(data_dir), train=t, download=True) for t in (True, False))
+    except (RuntimeError, OSError) as err:  # not there, and no network to fetch it
+        raise DataError(
+            f"{name} is not in {data_dir} and could not be downloaded ({err}): put torchvision's files there "
+            "(--data-dir), or prepare a folder of images instead"
+        ) from None
+
+    def arrays(ds: Any) -> list[tuple[np.ndarray, int]]:
+        data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)  # (N, H, W[, 3]) uint8
+        return list(zip(data, (int(t) for t in ds.targets), strict=True))
+
+    items = arrays(train)
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = round(len(items) * val_fraction)
+    val = set(order[:n_val])
+    parts = {
+        "train": [x for i, x in enumerate(items) if i not in val],
+        "val": [x for i, x in enumerate(items) if i in val],
+        "test": arrays(test),
+    }
+    return parts, 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Text: token ids, cut into items of TOKENS_PER_ITEM
+
+
+def token_slice(item: tuple[str, int, int]) -> torch.Tensor:
+    path, start, stop = item
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    return torch.from_numpy(np.array(tokens[start:stop], dtype=np.int32))  # int32: torch reads it everywhere
+
+
+def prepare_text(src: Path, out: Path, kind: str, val_fraction: float, workers: int) -> dict[str, Any]:
+    from litdata import optimize
+    from litdata.streaming.item_loader import TokensLoader
+
+    from genlab.data.text import tokenize_file
+
+    if kind not in ("char", "byte"):
+        raise ConfigError(f"--tokenizer must be 'char' or 'byte', got {kind!r}")
+    bin_path = out / ".tokens.bin"
+    tokenizer, count = tokenize_file(src, kind, bin_path)  # DataError for empty or binary files
+    n_train = count - int(count * val_fraction)
+    if min(n_train, count - n_train) < 2:
+        bin_path.unlink()
+        raise DataError(f"'{src}' has {count} tokens: too few to split into train and val; give more text")
+    sizes = {}
+    for split, (start, stop) in {"train": (0, n_train), "val": (n_train, count)}.items():
+        items = [(str(bin_path), a, min(a + TOKENS_PER_ITEM, stop)) for a in range(start, stop, TOKENS_PER_ITEM)]
+        optimize(
+            fn=token_slice,
+            inputs=items,
+            output_dir=str(out / split),
+            num_workers=min(workers, len(items)),
+            chunk_bytes="64MB",
+            item_loader=TokensLoader(),
+            mode="overwrite",
+            start_method=START_METHOD,
+        )
+        sizes[split] = stop - start
+    bin_path.unlink()
+    tokenizers.save(tokenizer, out / "tokenizer.json")
+    return {"kind": "text", "tokenizer": tokenizer.state(), "vocab_size": tokenizer.vocab_size, "tokens": sizes}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(
+    src: str,
+    out: str,
+    workers: int | None = None,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+    tokenizer: str = "char",
+    image_size: int | None = None,
+    channels: int = 3,
+    data_dir: str = "data",
+) -> dict[str, Any]:
+    """Convert `src` into chunks under `out`; returns what `genlab.json` says."""
+    from litdata import optimize
+
+    workers = workers or max(1, os.cpu_count() or 1)
+    if not src:
+        raise ConfigError("SRC is empty: give an image folder, mnist, cifar10 or a text file (make prepare SRC=...)")
+    if not out:
+        raise ConfigError("OUT is empty: give the folder to write the chunks to (make prepare OUT=...)")
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ConfigError("--val-fraction and --test-fraction must be in [0, 1) and sum below 1")
+    if "://" in out:
+        raise ConfigError(f"OUT '{out}': write the chunks to a local folder, then copy it (aws s3 sync OUT s3://...)")
+    out_dir = Path(out).expanduser().resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"OUT '{out_dir}' exists and is not empty: choose a new folder, or remove it first")
+    source = Path(src).expanduser()
+    if src.lower() in ("mnist", "cifar10"):
+        parts, num_classes = torchvision_items(src.lower(), Path(data_dir), val_fraction, seed)
+        fn: Any = array_sample
+        kind = src.lower()
+    elif source.is_dir():
+        parts, num_classes = folder_items(source, val_fraction, test_fraction, seed)
+        fn = partial(image_file_sample, image_size=image_size, channels=channels)
+        kind = "image folder"
+    elif source.is_file():
+        if source.stat().st_size == 0:
+            raise DataError(f"SRC '{source}' is an empty file: give a text file with some text")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"source": str(source), **prepare_text(source, out_dir, tokenizer, val_fraction, workers)}
+        (out_dir / META).write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        return meta
+    else:
+        raise DataError(
+            f"SRC '{src}' is not a folder of images, a text file, mnist or cifar10: give one of those "
+            "(a path that does not exist is taken for an unknown kind)"
+        )
+
+    sizes = {}
+    for split, items in parts.items():
+        if not items:
+            continue
+        optimize(
+            fn=fn,
+            inputs=items,
+            output_dir=str(out_dir / split),
+            num_workers=min(workers, len(items)),
+            chunk_bytes="64MB",
+            mode="overwrite",
+            start_method=START_METHOD,
+        )
+        sizes[split] = count_samples(out_dir / split)
+    if not sizes.get("train"):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise DataError(f"none of the images of '{src}' could be read: nothing was written")
+    meta = {"kind": "images", "source": kind if kind != "image folder" else str(source)}
+    meta.update(num_classes=num_classes, levels=256, samples=sizes)
+    if image_size is not None:
+        meta.update(image_size=image_size, channels=channels)
+    (out_dir / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return meta
+
+
+def count_samples(split_dir: Path) -> int:
+    index = json.loads((split_dir / "index.json").read_text())
+    return sum(chunk["chunk_size"] for chunk in index["chunks"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="genlab-prepare", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("src", help="a folder of images, mnist, cifar10, or a UTF-8 text file")
+    parser.add_argument("out", help="the folder to write the chunks to (new or empty)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="share held out for validation")
+    parser.add_argument("--test-fraction", type=float, default=0.05, help="image folders: share held out for test")
+    parser.add_argument("--seed", type=int, default=0, help="the split's seed")
+    parser.add_argument("--tokenizer", default="char", help="text: char (vocabulary from the text) or byte")
+    parser.add_argument("--image-size", type=int, default=None, help="image folders: resize once to this size")
+    parser.add_argument("--channels", type=int, default=3, choices=(1, 3), help="with --image-size: 1 grey, 3 RGB")
+    parser.add_argument("--data-dir", default="data", help="mnist/cifar10: where torchvision's files are")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("litdata").setLevel(logging.WARNING)  # its cache-size notice is about reading, not writing
+    try:
+        meta = prepare(
+            args.src,
+            args.out,
+            workers=args.workers,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            tokenizer=args.tokenizer,
+            image_size=args.image_size,
+            channels=args.channels,
+            data_dir=args.data_dir,
+        )
+    except GenlabError as err:
+        print(f"genlab-prepare: error: {err}", file=sys.stderr)
+        return 2
+    what = meta.get("samples") or meta.get("tokens")
+    print(f"prepared {meta['kind']} from {meta['source']} into {Path(args.out).resolve()}: {what}")
+    print(f"train from it: python -m genlab.train data=streaming data.path={Path(args.out).resolve()} ...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
