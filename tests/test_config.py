@@ -133,6 +133,11 @@ def _family_of_data() -> dict[str, str]:
     for model in choices_of("model"):
         for entry in load_group_file("model", model, config_dir())[1]:
             families.setdefault(entry.get("data"), model)
+    for experiment in choices_of("experiment"):  # data no model names as default (code): its experiment's model
+        entries = load_group_file("experiment", experiment, config_dir())[1]
+        chosen = {key: value for entry in entries if isinstance(entry, dict) for key, value in entry.items()}
+        if "data" in chosen and "model" in chosen:
+            families.setdefault(chosen["data"], chosen["model"])
     return families
 
 

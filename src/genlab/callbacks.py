@@ -1,5 +1,6 @@
 """Callbacks every family shares. They rely only on the family contract: `sample(n)` returns
-images `(n, C, H, W)` in [-1, 1] or a list of strings, and an optional `reconstruct(x)`."""
+images `(n, C, H, W)` in [-1, 1] or a list of strings, and an optional `reconstruct(x)`; and on the
+data's optional `score(samples)` / `write_samples(samples, folder, stem)` for text samples."""
 
 from __future__ import annotations
 
@@ -66,6 +67,23 @@ class SampleLogger(L.Callback):
                 self._log_images(trainer, "reconstructions", recon, folder / f"reconstructions_{tag}.png")
         else:
             self._log_text(trainer, list(samples), folder / f"samples_{tag}.txt")
+            self._log_scores(trainer, pl_module, list(samples), folder, f"samples_{tag}", tag == "final")
+
+    @staticmethod
+    def _log_scores(trainer, pl_module, texts: list[str], folder: Path, stem: str, final: bool) -> None:
+        """A data module's domain files (`write_samples`) and scores (`score`, logged as `val/<key>`)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if hasattr(datamodule, "write_samples"):
+            datamodule.write_samples(texts, folder, stem)
+        if not hasattr(datamodule, "score"):
+            return
+        scores = {f"val/{key}": float(value) for key, value in datamodule.score(texts).items()}
+        if not final:  # inside validation: logged with the module's own figures (rank zero only: no monitor under DDP)
+            pl_module.log_dict(scores, rank_zero_only=True)
+            return
+        for logger in trainer.loggers:  # at the end of training Lightning's self.log is closed: write directly
+            logger.log_metrics(scores, step=trainer.global_step)
+            logger.save()
 
     @staticmethod
     def _log_images(trainer: L.Trainer, key: str, images: torch.Tensor, path: Path) -> None:

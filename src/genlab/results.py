@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import sys
 import time
@@ -70,9 +71,10 @@ def run_family(family: str, out_dir: Path, log_dir: Path, quick: bool, n: int, c
         argv.append(f"model.init_from={log_dir / BASES[family] / 'results'}")
     run = log_dir / family / "results"
     shutil.rmtree(run, ignore_errors=True)  # this page's own run folder, remade each time
-    start = time.perf_counter()
+    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     train(compose(argv))
-    train_time = time.perf_counter() - start
+    train_time, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    load_average = (load_start + os.getloadavg()[0]) / 2  # other jobs on the machine: wall times are theirs too
     report = evaluate({"run": str(run), "n": n, "seed": 0, "cache_dir": cache_dir})
     model, _, _ = load(run)
     start = time.perf_counter()
@@ -89,6 +91,8 @@ def run_family(family: str, out_dir: Path, log_dir: Path, quick: bool, n: int, c
         "metrics": report["metrics"],
         "params": sum(p.numel() for p in model.parameters()),
         "train_time": train_time,
+        "train_cpu": train_cpu,
+        "load": load_average,
         "samples_per_s": rate,
         "grid": f"{family}_samples{grids[0].suffix}" if grids else None,
         "n": report.get("n"),
@@ -100,19 +104,21 @@ def markdown(results: list[dict[str, object]], quick: bool, assets: str) -> str:
         "# Results",
         "",
         "Every family trained with its default config on its embedded data (`python -m genlab.results`), "
-        "then `genlab.evaluate` (N samples, seed 0). Train time and samples/s on the machine that ran it.",
+        "then `genlab.evaluate` (N samples, seed 0). Train time (wall, and CPU time of all threads) and "
+        "samples/s on the machine that ran it; `load` is the 1-minute load average while it trained (above "
+        "the thread count, other jobs shared the cores and the wall times are inflated).",
         "",
     ]
     if quick:
         lines += ["**Quick mode: a few steps per family. These figures check the pipeline, nothing else.**", ""]
-    lines += ["| family | " + " | ".join(SHOWN) + " | parameters | train time | samples/s |"]
-    lines += ["| --- " * (len(SHOWN) + 4) + "|"]
+    lines += ["| family | " + " | ".join(SHOWN) + " | parameters | train time | train CPU | load | samples/s |"]
+    lines += ["| --- " * (len(SHOWN) + 6) + "|"]
     for r in results:
         m = r["metrics"]
         cells = [f"{m[k]:.4g}" if k in m else "" for k in SHOWN]
         lines.append(
             f"| {r['family']} | " + " | ".join(cells) + f" | {r['params']:,} | {r['train_time']:.0f} s | "
-            f"{r['samples_per_s']:.3g} |"
+            f"{r['train_cpu']:.0f} s | {r['load']:.1f} | {r['samples_per_s']:.3g} |"
         )
     lines.append("")
     for r in results:
@@ -138,18 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     assets = out.parent / "results"
     assets.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    results: list[dict[str, object]] = []
     try:
-        results = [run_family(f, assets, Path(args.log_dir), args.quick, args.n, args.cache_dir) for f in families]
-        applications = []
+        for family in families:
+            results.append(run_family(family, assets, Path(args.log_dir), args.quick, args.n, args.cache_dir))
+            out.write_text(markdown(results, args.quick, assets.name) + "\n")  # after each: a stopped run keeps them
         if not args.no_apps:  # make augment / make detect on these runs (genlab.apps.page)
             from genlab.apps.page import section
 
             runs = {f: Path(args.log_dir) / f / "results" for f in families}
             applications = section(runs, assets, args.quick)
+            out.write_text("\n".join([markdown(results, args.quick, assets.name), *applications]) + "\n")
     except GenlabError as err:
         print(f"genlab-results: error: {err}", file=sys.stderr)
         return 2
-    out.write_text("\n".join([markdown(results, args.quick, assets.name), *applications]) + "\n")
     print(f"wrote {out}")
     return 0
 

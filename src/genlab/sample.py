@@ -18,6 +18,7 @@ anything else is a one-line error naming what the family accepts.
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from genlab.errors import ConfigError, GenlabError
+from genlab.instantiate import instantiate
 from genlab.run import load_model, read_checkpoint
 
 # Command-line options: type, help. The model-facing ones go to sample()/generate() by the same name
@@ -238,7 +240,7 @@ def sample(args: dict[str, Any]) -> list[Path]:
         texts = generate_text(
             model, n, seed, prompt=args.get("prompt"), length=args.get("length"), temperature=args.get("temperature")
         )
-        return [_write_text(texts, out / f"{stem}.txt")]
+        return [_write_text(texts, out / f"{stem}.txt"), *domain_outputs(config, texts, out, stem)]
     for key in ("prompt", "length"):
         if args.get(key) is not None:
             raise ConfigError(f"{key}: only text families take it")
@@ -250,7 +252,7 @@ def sample(args: dict[str, Any]) -> list[Path]:
         raise ConfigError(f"label: the {type(model).__name__} model is not conditional (its sample() takes no labels)")
     samples = draw(model, n, seed, labels, args.get("batch_size") or BATCH_SIZE, **model_options)
     if not isinstance(samples, torch.Tensor):
-        return [_write_text(samples, out / f"{stem}.txt")]
+        return [_write_text(samples, out / f"{stem}.txt"), *domain_outputs(config, samples, out, stem)]
     if args.get("export"):
         return export_folder(samples, Path(args["export"]), labels, classes)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +260,20 @@ def sample(args: dict[str, Any]) -> list[Path]:
     record = {"samples": samples, "labels": labels, "n": n, "seed": seed, "checkpoint": str(ckpt)}
     torch.save(record | {k: v for k, v in model_options.items() if v is not None}, out / f"{stem}.pt")
     return [out / f"{stem}.png", out / f"{stem}.pt"]
+
+
+def domain_outputs(config: dict[str, Any], texts: list[str], out: Path, stem: str) -> list[Path]:
+    """Text samples in the data's own files (its `write_samples`: .py, .mid, .smi ...) and its `score`
+    written to `<stem>.scores.json`, for data modules that have them (the run's data, set up for "fit")."""
+    datamodule = instantiate(config["data"], "data")
+    if not (hasattr(datamodule, "score") or hasattr(datamodule, "write_samples")):
+        return []
+    datamodule.setup("fit")
+    paths = list(datamodule.write_samples(texts, out, stem)) if hasattr(datamodule, "write_samples") else []
+    if hasattr(datamodule, "score"):
+        paths.append(out / f"{stem}.scores.json")
+        paths[-1].write_text(json.dumps(datamodule.score(texts), indent=1) + "\n")
+    return paths
 
 
 def _given(args: dict[str, Any], key: str, default: Any) -> Any:
@@ -287,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(written)} images under {args['export']}")
         else:
             print("\n".join(f"wrote {path}" for path in written))
+            for path in written:  # a data module's domain scores (domain_outputs)
+                if path.name.endswith(".scores.json"):
+                    scores = json.loads(path.read_text())
+                    print("scores: " + ", ".join(f"{key} {value:.4g}" for key, value in scores.items()))
     except GenlabError as err:
         print(f"genlab-sample: error: {err}", file=sys.stderr)
         return 2

@@ -172,3 +172,30 @@ def test_nodes_preparing_the_same_file_at_once_all_succeed(tmp_path):
     assert dm.tokenizer.decode(dm.tokens[:9]) == "the quick"
     assert len(dm.tokens) == len(source.read_text())
     assert not list(tmp_path.glob(".*.part"))  # no temporary file left behind
+
+
+def test_bpe_learns_from_the_training_text_only_and_is_cached(tmp_path, monkeypatch):
+    source = tmp_path / "book.txt"
+    train_part = "the cat sat on the mat, and the dog ran to his old red mat.\n" * 40
+    val_part = "zyxwq qwxyz " * 10  # within the last 10%: no merge may come from it
+    source.write_text(train_part + val_part, encoding="utf-8")
+    dm = TextDataModule(path=str(source), tokenizer="bpe", vocab_size=300, block_size=8, data_dir=str(tmp_path))
+    dm.setup()
+    text = source.read_text(encoding="utf-8")
+    cut = len(text) - int(len(text) * 0.1)
+    train, val = dm.splits["train"], dm.splits["val"]
+    assert dm.tokenizer.decode(dm.tokens[train.start : train.stop]) == text[:cut]  # exact, split by characters
+    assert dm.tokenizer.decode(dm.tokens[val.start : val.stop]) == text[cut:]
+    assert dm.vocab_size <= 300 and dm.tokens.dtype == np.uint16
+    learnt = dm.tokenizer._tokenizer.get_vocab()
+    assert any("mat" in token for token in learnt) and not any("zyx" in token for token in learnt)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the token cache should have been used")
+
+    monkeypatch.setattr(tokenizers.BPETokenizer, "train", no_training)
+    again = TextDataModule(path=str(source), tokenizer="bpe", vocab_size=300, block_size=8, data_dir=str(tmp_path))
+    again.setup()
+    assert again.tokenizer == dm.tokenizer and np.array_equal(again.tokens, dm.tokens)
+    with pytest.raises(ConfigError, match="data.vocab_size"):
+        TextDataModule(tokenizer="bpe", vocab_size=100)

@@ -13,6 +13,13 @@ chunks, so a corpus larger than memory works. The embedded corpus is small and t
 Batches are `(x, y)`, each `(B, block_size)` int64, `y` being `x` shifted by one token. The split is
 by position (the last `val_fraction` of the tokens is validation), so validation text is never
 seen in training, not even as overlapping windows.
+
+`tokenizer=bpe` learns its merges from the training text only, so the split comes first: the last
+`val_fraction` of the CHARACTERS is validation, and the whole file is read into memory once.
+Data modules with their own split (code split by file, ...) override `split_texts()`: the documents
+of each split, tokenized here into one array with a content-addressed cache in `data_dir/token_cache/`
+(`<sha1 of the texts and tokenizer settings>.bin/.json`), so a later run starts at once and a changed
+corpus is never read from a stale cache.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from genlab import tokenizers
 from genlab.data.images import ddp_world, epoch_position
 from genlab.errors import ConfigError, DataError
-from genlab.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, TokenizerKind
+from genlab.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, TokenizerKind
 
 CHUNK_CHARS = 2**24  # characters read at a time while tokenizing a file (~64 MB as code points)
 EMBEDDED = "the embedded corpus (pydoc_data.topics)"
@@ -226,6 +233,7 @@ class TextDataModule(L.LightningDataModule):
         path: str | None = None,
         url: str | None = None,
         tokenizer: TokenizerKind = "char",
+        vocab_size: int = 2048,
         block_size: int = 128,
         batch_size: int = 32,
         val_fraction: float = 0.1,
@@ -234,17 +242,21 @@ class TextDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         """`path` (a local text file) or `url` (downloaded into `data_dir`), or neither for the
-        embedded corpus; `tokenizer` is "char" (vocabulary from the corpus) or "byte" (256 ids)."""
+        embedded corpus; `tokenizer` is "char" (vocabulary from the corpus), "byte" (256 ids) or "bpe"
+        (byte-level BPE of `vocab_size` ids learnt from the training text; `vocab_size` is ignored otherwise,
+        and the `vocab_size` attribute is the tokenizer's actual size once set up)."""
         super().__init__()
         if path is not None and url is not None:
             raise ConfigError("data.path and data.url are both set: give one (or neither, for the embedded corpus)")
-        if tokenizer not in ("char", "byte"):
-            raise ConfigError(f"data.tokenizer must be 'char' or 'byte', got {tokenizer!r}")
+        if tokenizer not in ("char", "byte", "bpe"):
+            raise ConfigError(f"data.tokenizer must be 'char', 'byte' or 'bpe', got {tokenizer!r}")
+        if tokenizer == "bpe" and not 256 < vocab_size <= tokenizers.MAX_VOCAB:
+            raise ConfigError(f"data.vocab_size must be in (256, {tokenizers.MAX_VOCAB}] for bpe, got {vocab_size}")
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if block_size < 1 or batch_size < 1:
             raise ConfigError("data.block_size and data.batch_size must be at least 1")
-        self.path, self.url, self.tokenizer_kind = path, url, tokenizer
+        self.path, self.url, self.tokenizer_kind, self.bpe_vocab_size = path, url, tokenizer, vocab_size
         self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
         self.data_dir, self.num_workers, self.seed = Path(data_dir), num_workers, seed
         self.tokenizer: Tokenizer | None = None
@@ -282,17 +294,13 @@ class TextDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download (url) and tokenize into the cache once. Lightning calls this on one process per node."""
-        source = self.source
-        if source is None:
+        texts = self.split_texts()
+        if texts is not None:  # split before tokenizing (bpe, or a module's own split)
+            self._tokenize_splits(texts)  # fills the token cache
             return
-        if self.url is not None and not source.is_file():
-            download(self.url, source)
-        if not source.is_file():
-            what = "is a folder, not a text file" if source.is_dir() else "does not exist"
-            raise DataError(f"data.path: '{source}' {what}")
-        if source.stat().st_size == 0:
-            raise DataError(f"'{source}' is empty: give a file with some text")
-        if self._cached(source) is None:
+        self._fetch_source()
+        source = self.source
+        if source is not None and self._cached(source) is None:
             bin_path, meta_path = self._cache_paths(source)
             rank_zero_info(f"Tokenizing {source} ({self.tokenizer_kind}) into {bin_path}")
             tokenizer, count = tokenize_file(source, self.tokenizer_kind, bin_path)
@@ -304,6 +312,75 @@ class TextDataModule(L.LightningDataModule):
                 "source_mtime_ns": stat.st_mtime_ns,
             }
             write_atomically(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")
+
+    def _fetch_source(self) -> None:
+        """Download (url) and check the text file."""
+        source = self.source
+        if source is None:
+            return
+        if self.url is not None and not source.is_file():
+            download(self.url, source)
+        if not source.is_file():
+            what = "is a folder, not a text file" if source.is_dir() else "does not exist"
+            raise DataError(f"data.path: '{source}' {what}")
+        if source.stat().st_size == 0:
+            raise DataError(f"'{source}' is empty: give a file with some text")
+
+    def split_texts(self) -> dict[str, list[str]] | None:
+        """The documents of each split ("train", "val", and "test" where there is one), for data that is
+        split before tokenizing; None: one corpus tokenized whole and split by token position.
+
+        Here: None, except for bpe, whose merges are learnt from the training text only: then the text
+        is split by characters (the last `val_fraction` is validation). Subclasses with their own split
+        (by file, by piece) override this; `setup` tokenizes and caches what it returns."""
+        if self.tokenizer_kind != "bpe":
+            return None
+        self._fetch_source()
+        text = embedded_corpus() if self.source is None else "".join(read_chunks(self.source))
+        if not text:
+            raise DataError(f"'{self.source}' is empty: give a file with some text")
+        cut = len(text) - int(len(text) * self.val_fraction)
+        return {"train": [text[:cut]], "val": [text[cut:]]}
+
+    def _tokenize_splits(self, texts: dict[str, list[str]]) -> tuple[Tokenizer, np.ndarray, dict[str, tuple[int, int]]]:
+        """(tokenizer, the splits' tokens one after the other, each split's (start, stop)), from the token
+        cache when these texts were tokenized the same way before. A char vocabulary holds the characters of
+        every split (a validation character unseen in training still encodes); bpe learns from "train" only."""
+        digest = hashlib.sha1(json.dumps([self.tokenizer_kind, self.bpe_vocab_size, sorted(texts)]).encode())
+        for split in sorted(texts):
+            for doc in texts[split]:
+                digest.update(f"{split}:{len(doc)}:".encode())
+                digest.update(doc.encode("utf-8", errors="surrogatepass"))
+        cache = self.data_dir / "token_cache"
+        bin_path, meta_path = cache / f"{digest.hexdigest()}.bin", cache / f"{digest.hexdigest()}.json"
+        if meta_path.is_file() and bin_path.is_file():
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            bounds = {split: tuple(span) for split, span in meta["bounds"].items()}
+            return tokenizers.from_state(meta["tokenizer"]), np.memmap(bin_path, np.uint16, "r"), bounds
+        if not texts.get("train") or not any(texts["train"]):
+            raise DataError("the training split holds no text: give more files, or a smaller val/test fraction")
+        if self.tokenizer_kind == "char":
+            points = np.unique(np.concatenate([tokenizers.code_points(d) for docs in texts.values() for d in docs]))
+            tokenizer: Tokenizer = CharTokenizer.from_code_points(points)
+        elif self.tokenizer_kind == "byte":
+            tokenizer = ByteTokenizer()
+        else:
+            rank_zero_info(f"Training a byte-level BPE tokenizer of {self.bpe_vocab_size} ids on the training split")
+            tokenizer = BPETokenizer.train(texts["train"], self.bpe_vocab_size)
+        parts, bounds, start = [], {}, 0
+        for split, docs in texts.items():
+            ids = tokenizer.encode_many(docs) if isinstance(tokenizer, BPETokenizer) else map(tokenizer.encode, docs)
+            parts.extend(ids)
+            stop = start + sum(len(p) for p in parts[len(parts) - len(docs) :])
+            bounds[split], start = (start, stop), stop
+        tokens = np.concatenate(parts).astype(np.uint16)
+        cache.mkdir(parents=True, exist_ok=True)
+        temp = private_temp_path(bin_path)
+        tokens.tofile(temp)
+        temp.replace(bin_path)
+        meta = {"tokenizer": tokenizer.state(), "bounds": bounds, "tokens": len(tokens)}
+        write_atomically(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")  # written last: marks it complete
+        return tokenizer, tokens, bounds
 
     def _load(self) -> tuple[Tokenizer, np.ndarray]:
         source = self.source
@@ -324,20 +401,23 @@ class TextDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokens is None:
-            self.tokenizer, self.tokens = self._load()
-            n = len(self.tokens)
-            n_train = n - int(n * self.val_fraction)
-            for split, size in (("train", n_train), ("val", n - n_train)):
+            texts = self.split_texts()
+            if texts is None:
+                self.tokenizer, self.tokens = self._load()
+                n = len(self.tokens)
+                n_train = n - int(n * self.val_fraction)
+                bounds = {"train": (0, n_train), "val": (n_train, n)}
+            else:
+                self.tokenizer, self.tokens, bounds = self._tokenize_splits(texts)
+            for split, (start, stop) in bounds.items():
+                size = stop - start
                 if size < self.block_size + 1:
                     raise DataError(
                         f"data.block_size={self.block_size} is larger than the data: the {split} split of "
                         f"{self.source or EMBEDDED} has {size} tokens, and a window needs block_size + 1. "
                         "Lower data.block_size, change data.val_fraction, or use more text."
                     )
-            self.splits = {
-                "train": TokenWindows(self.tokens, 0, n_train, self.block_size),
-                "val": TokenWindows(self.tokens, n_train, n, self.block_size),
-            }
+            self.splits = {split: TokenWindows(self.tokens, a, b, self.block_size) for split, (a, b) in bounds.items()}
         if self.trainer is not None and self.trainer.is_global_zero:  # the vocabulary goes with the run
             run_dir = Path(self.trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -364,3 +444,7 @@ class TextDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(EvalWindows(self.splits["val"], self.batch_size, self.seed))
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Non-overlapping windows of `split` (a module with a "test" split returns this from test_dataloader)."""
+        return self._loader(EvalWindows(self.splits[split], self.batch_size, self.seed))
