@@ -57,7 +57,49 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, w
         raise ConfigError(f"{where}top_p must be null or in (0, 1], got {top_p}")
 
 
-class GPTModule(L.LightningModule):
+class TextGeneration:
+    """Text from a language model's net: `encode`, `generate(prompt)` and the family contract's
+    `sample(n)`. Shared by every module that samples a `genlab.nets.gpt.GPT` (`self.net`) with its
+    `self.tokenizer` and the sampling hyperparameters `sample_prompt`, `sample_length`, `temperature`,
+    `top_k`, `top_p` (GPTModule, and GPTFeedbackModule's policy)."""
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Token ids `(1, len)` on the model's device; a DataError for characters outside a char vocabulary."""
+        return torch.from_numpy(self.tokenizer.encode(text).astype("int64")).to(self.device).unsqueeze(0)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 256,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> str:
+        """`prompt` and its sampled continuation (temperature 0: greedy). Seed torch for repeatable text."""
+        if not prompt:
+            raise DataError("generate: the prompt is empty; give at least one character (e.g. '\\n')")
+        check_sampling(temperature, top_k, top_p, where="generate: ")
+        out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
+        return self.tokenizer.decode(out[0].tolist())
+
+    @torch.no_grad()
+    def sample(self, n: int) -> list[str]:
+        """`n` continuations of `sample_prompt`, `sample_length` tokens each (the prompt left out)."""
+        try:
+            start = self.encode(self.hparams.sample_prompt)
+        except DataError:  # e.g. "\n" in a one-line corpus: start from the first token instead of failing
+            start = torch.zeros(1, 0, dtype=torch.long, device=self.device)
+        if start.shape[1] == 0:
+            start = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        start = start.expand(n, -1)
+        out = self.net.generate(
+            start, self.hparams.sample_length, self.hparams.temperature, self.hparams.top_k, self.hparams.top_p
+        )
+        return [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]
+
+
+class GPTModule(TextGeneration, L.LightningModule):
     def __init__(
         self,
         net: dict[str, Any],
@@ -180,38 +222,3 @@ class GPTModule(L.LightningModule):
         self.val_loss.reset()
         metrics = {"val/loss": loss, "val/bpc": loss / math.log(2), "val/ppl": loss.exp()}
         self.log_dict(metrics, sync_dist=True)  # equal on every rank already; a no-op mean that spares a warning
-
-    def encode(self, text: str) -> torch.Tensor:
-        """Token ids `(1, len)` on the model's device; a DataError for characters outside a char vocabulary."""
-        return torch.from_numpy(self.tokenizer.encode(text).astype("int64")).to(self.device).unsqueeze(0)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: str,
-        max_new_tokens: int = 256,
-        temperature: float = 0.8,
-        top_k: int | None = None,
-        top_p: float | None = None,
-    ) -> str:
-        """`prompt` and its sampled continuation (temperature 0: greedy). Seed torch for repeatable text."""
-        if not prompt:
-            raise DataError("generate: the prompt is empty; give at least one character (e.g. '\\n')")
-        check_sampling(temperature, top_k, top_p, where="generate: ")
-        out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
-        return self.tokenizer.decode(out[0].tolist())
-
-    @torch.no_grad()
-    def sample(self, n: int) -> list[str]:
-        """`n` continuations of `sample_prompt`, `sample_length` tokens each (the prompt left out)."""
-        try:
-            start = self.encode(self.hparams.sample_prompt)
-        except DataError:  # e.g. "\n" in a one-line corpus: start from the first token instead of failing
-            start = torch.zeros(1, 0, dtype=torch.long, device=self.device)
-        if start.shape[1] == 0:
-            start = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        start = start.expand(n, -1)
-        out = self.net.generate(
-            start, self.hparams.sample_length, self.hparams.temperature, self.hparams.top_k, self.hparams.top_p
-        )
-        return [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]

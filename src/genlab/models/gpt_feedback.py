@@ -46,7 +46,7 @@ from genlab import tokenizers
 from genlab.errors import ConfigError, DataError
 from genlab.instantiate import instantiate
 from genlab.models.feedback_losses import ADVANTAGES, advantages, dpo_loss, kl_k3, policy_gradient_loss
-from genlab.models.gpt import TOKENIZER_KEY, check_sampling
+from genlab.models.gpt import TOKENIZER_KEY, TextGeneration, check_sampling
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.models.step_logs import log_train_step
 from genlab.nets.gpt import GPT
@@ -78,7 +78,7 @@ def completion_logprobs(net: GPT, tokens: torch.Tensor, prompt_length: int, temp
     return logp.gather(-1, tokens[:, prompt_length:, None]).squeeze(-1)
 
 
-class GPTFeedbackModule(L.LightningModule):
+class GPTFeedbackModule(TextGeneration, L.LightningModule):
     def __init__(
         self,
         init_from: str | None,
@@ -412,39 +412,3 @@ class GPTFeedbackModule(L.LightningModule):
                 logger.log_text(key=f"feedback_{tag}", columns=["prompt", "completion", "reward"], data=rows)
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text(f"feedback_{tag}", "\n\n".join(lines), self.global_step)
-
-    # --- the GPT family's contract: text from the policy --------------------------------------------------
-
-    def encode(self, text: str) -> torch.Tensor:
-        """Token ids `(1, len)` on the model's device."""
-        return torch.from_numpy(self.tokenizer.encode(text).astype("int64")).to(self.device).unsqueeze(0)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: str,
-        max_new_tokens: int = 256,
-        temperature: float = 0.8,
-        top_k: int | None = None,
-        top_p: float | None = None,
-    ) -> str:
-        """`prompt` and the policy's continuation, as GPTModule.generate."""
-        if not prompt:
-            raise DataError("generate: the prompt is empty; give at least one character (e.g. '\\n')")
-        check_sampling(temperature, top_k, top_p, where="generate: ")
-        out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
-        return self.tokenizer.decode(out[0].tolist())
-
-    @torch.no_grad()
-    def sample(self, n: int) -> list[str]:
-        """`n` continuations of `sample_prompt` by the policy, `sample_length` tokens each (prompt left out)."""
-        try:
-            start = self.encode(self.hparams.sample_prompt)
-        except DataError:  # a prompt outside the vocabulary: start from the first token, as GPTModule does
-            start = torch.zeros(1, 0, dtype=torch.long, device=self.device)
-        if start.shape[1] == 0:
-            start = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        start = start.expand(n, -1)
-        hp = self.hparams
-        out = self.net.generate(start, hp.sample_length, hp.temperature, hp.top_k, hp.top_p)
-        return [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]
