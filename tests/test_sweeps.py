@@ -121,7 +121,7 @@ def test_sweep_file_is_valid_and_runs_our_entrypoint_with_wandb(path: Path) -> N
     command = sweep["command"]
     assert command[:2] == ["${env}", "${interpreter}"] and command[-1] == "${args}", command
     cfg = compose([a for a in entrypoint_args(command) if a != "${args}"])
-    assert cfg.groups.model == path.stem
+    assert path.stem in (cfg.groups.model, cfg.groups.get("experiment"))  # a family's sweep, or an experiment's
     # Without a W&B logger the agent never sees the metric and the search runs blind.
     assert any(node._target_ == "genlab.loggers.wandb_logger" for node in cfg.logger.values())
 
@@ -133,8 +133,30 @@ def test_sweep_runs_as_the_agent_runs_it(path: Path, tmp_path: Path, monkeypatch
         base = request.getfixturevalue("tiny_gpt_run")
         extra = (f"model.init_from={base}", *tiny_gpt_data_args(base), "model.prompt_length=4")
         extra += ("model.completion_length=16", "model.val_prompts=2", "model.prompts_per_step=2")
+    extra += tiny_experiment_data(path.stem, tmp_path)
     runs = run_sweep(path, 3, tmp_path, monkeypatch, extra)
     assert len({str(r.config) for r in runs}) > 1  # the engine moved on
+
+
+def tiny_experiment_data(experiment: str, tmp_path: Path) -> tuple[str, ...]:
+    """Small data for the experiments' sweeps, so three short runs take seconds: a few Python files, 50
+    molecules, five chorales (their own defaults are the standard library, 4,900 molecules, 350 chorales)."""
+    if experiment == "gpt_code":
+        folder = tmp_path / "code"
+        for i in range(40):
+            module = folder / f"pkg{i % 2}" / f"mod_{i:02d}.py"
+            module.parent.mkdir(parents=True, exist_ok=True)
+            module.write_text(f"def f{i}(x):\n    y = x * {i}\n    return y + {i}\n", encoding="utf-8")
+        return (f"data.path={folder}", "data.tokenizer=char", "data.block_size=32")
+    if experiment == "gpt_molecules":
+        from genlab.data import molecules
+
+        smiles = tmp_path / "mols.smi"
+        smiles.write_text("\n".join(molecules.embedded_path().read_text().splitlines()[:50]) + "\n")
+        return (f"data.path={smiles}", "data.block_size=32")
+    if experiment == "gpt_music":
+        return ("data.max_pieces=5", "data.val_fraction=0.2", "data.test_fraction=0.2", "data.block_size=32")
+    return ()
 
 
 def test_a_misspelt_key_in_a_sweep_file_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
