@@ -46,15 +46,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
 
-from genlab.data.text import TextDataModule, write_atomically
+from genlab.data.text import DocumentsDataModule, write_atomically
 from genlab.errors import ConfigError, DataError
-from genlab.tokenizers import TokenizerKind
 
 STEPS_PER_QUARTER = 4  # sixteenth notes
 TICKS_PER_STEP = 120  # MIDI ticks per sixteenth: 480 per quarter, a common resolution
@@ -415,7 +413,7 @@ def split_pieces(texts: dict[str, str], val_fraction: float, test_fraction: floa
     }
 
 
-class ChoralesDataModule(TextDataModule):
+class ChoralesDataModule(DocumentsDataModule):
     """Pieces of music as text, one per line, split by piece, with a test split (`test_dataloader`)
     and the scores of the module docstring. The windows, samplers (exact mid-epoch resume),
     tokenizers and token cache are TextDataModule's; this class supplies `split_texts`."""
@@ -425,44 +423,17 @@ class ChoralesDataModule(TextDataModule):
         path: str | None = None,
         max_pieces: int | None = None,
         on_bad_file: OnBadFile = "warn",
-        tokenizer: TokenizerKind = "char",
-        vocab_size: int = 2048,
         block_size: int = 256,
-        batch_size: int = 32,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        data_dir: str = "data",
-        num_workers: int = 0,
-        seed: int = 0,
+        **text_options: Any,
     ) -> None:
         """`path`: a folder of music files (null: the Bach chorales); `max_pieces`: only the first N files;
-        `on_bad_file`: warn | error. The other arguments are TextDataModule's; `val_fraction`/`test_fraction`
-        are fractions of the distinct pieces."""
+        `on_bad_file`: warn | error. The other arguments are DocumentsDataModule's (fractions of the pieces)."""
         if on_bad_file not in ("warn", "error"):
             raise ConfigError(f"data.on_bad_file must be 'warn' or 'error', got {on_bad_file!r}")
         if max_pieces is not None and max_pieces < 3:
             raise ConfigError(f"data.max_pieces must be null or at least 3 (one per split), got {max_pieces}")
-        if not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
-            raise ConfigError(
-                "data.test_fraction must be in (0, 1) with data.val_fraction + data.test_fraction < 1, "
-                f"got {test_fraction} and {val_fraction}"
-            )
-        super().__init__(
-            tokenizer=tokenizer,
-            vocab_size=vocab_size,
-            block_size=block_size,
-            batch_size=batch_size,
-            val_fraction=val_fraction,
-            data_dir=data_dir,
-            num_workers=num_workers,
-            seed=seed,
-        )
-        self.folder, self.max_pieces, self.on_bad_file, self.test_fraction = (
-            path,
-            max_pieces,
-            on_bad_file,
-            test_fraction,
-        )
+        super().__init__(block_size=block_size, **text_options)
+        self.folder, self.max_pieces, self.on_bad_file = path, max_pieces, on_bad_file
         self.pieces: dict[str, list[str]] = {}  # the encoded pieces of each split
         self._scorer: MusicScorer | None = None
 
@@ -489,9 +460,6 @@ class ChoralesDataModule(TextDataModule):
         "pitch_class_tv": "total variation between tonic-relative pitch-class histograms, samples vs test pieces",
         "duration_tv": "total variation between note-duration histograms, samples vs test pieces",
     }
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
 
     def score(self, samples: list[str]) -> dict[str, float]:
         if self._scorer is None:

@@ -35,13 +35,12 @@ import hashlib
 import sysconfig
 import warnings
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
 
-from genlab.data.text import TextDataModule
+from genlab.data.text import DocumentsDataModule
 from genlab.errors import ConfigError, DataError
-from genlab.tokenizers import TokenizerKind
 
 SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 STDLIB_SKIPPED_DIRS = {"test", "tests", "idle_test", "encodings"}
@@ -106,7 +105,7 @@ def parses(source: str) -> bool:
     return True
 
 
-class CodeDataModule(TextDataModule):
+class CodeDataModule(DocumentsDataModule):
     """Python files as token windows for next-token prediction (see the module docstring), with a test split
     (`test_dataloader`) and a domain score for sampled code."""
 
@@ -114,37 +113,17 @@ class CodeDataModule(TextDataModule):
         self,
         path: str | None = None,
         prompt: str = "\n\ndef ",
-        tokenizer: TokenizerKind = "char",
-        vocab_size: int = 2048,
-        block_size: int = 128,
-        batch_size: int = 32,
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
-        data_dir: str = "data",
-        num_workers: int = 0,
-        seed: int = 0,
+        **text_options: Any,
     ) -> None:
         """`path`: a folder of `.py` files (null: the standard library). `prompt`: what samples continue
         (the experiment ties `model.sample_prompt` to it), which `score` reads as the start of a function.
-        The other arguments are TextDataModule's; `val_fraction`/`test_fraction` are fractions of FILES."""
-        super().__init__(
-            tokenizer=tokenizer,
-            vocab_size=vocab_size,
-            block_size=block_size,
-            batch_size=batch_size,
-            val_fraction=val_fraction,
-            data_dir=data_dir,
-            num_workers=num_workers,
-            seed=seed,
-        )
-        if not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
-            raise ConfigError(
-                f"data.test_fraction must be in (0, 1) with data.val_fraction + data.test_fraction < 1, "
-                f"got {test_fraction} and {val_fraction}"
-            )
+        The other arguments are DocumentsDataModule's; `val_fraction`/`test_fraction` are fractions of FILES."""
         if not prompt:
             raise ConfigError("data.prompt is empty: give the start of every sample, e.g. 'def '")
-        self.folder, self.prompt, self.test_fraction = path, prompt, test_fraction
+        super().__init__(val_fraction=val_fraction, test_fraction=test_fraction, **text_options)
+        self.folder, self.prompt = path, prompt
 
     @property
     def source(self) -> Path:
@@ -185,9 +164,6 @@ class CodeDataModule(TextDataModule):
         "complete": "fraction of sampled functions that ended within the sample and parse",
         "unique": "fraction of distinct sampled functions",
     }
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
 
     def _with_prompt(self, sample: str) -> str:
         # GPTModule.sample leaves the prompt out; generate() (a prompt given to `make sample`) keeps it.

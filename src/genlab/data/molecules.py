@@ -34,14 +34,12 @@ import random
 import sys
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from torch.utils.data import DataLoader
 
-from genlab.data.text import TextDataModule, write_atomically
+from genlab.data.text import DocumentsDataModule, write_atomically
 from genlab.errors import ConfigError, DataError
-from genlab.tokenizers import TokenizerKind
 
 Encoding = Literal["smiles", "selfies"]
 SPLITS = ("train", "val", "test")
@@ -238,44 +236,17 @@ def check_encoding(encoding: str) -> None:
         raise ConfigError(f"data.encoding must be 'smiles' or 'selfies', got {encoding!r}")
 
 
-class MoleculesDataModule(TextDataModule):
+class MoleculesDataModule(DocumentsDataModule):
     """SMILES (or SELFIES) text, one molecule per line, split by molecule, with a test split
     (`test_dataloader`) and the scores of the module docstring. The windows, samplers (exact mid-epoch
     resume), tokenizers and token cache are TextDataModule's; this class supplies `split_texts`."""
 
-    def __init__(
-        self,
-        path: str | None = None,
-        encoding: Encoding = "smiles",
-        tokenizer: TokenizerKind = "char",
-        vocab_size: int = 2048,
-        block_size: int = 128,
-        batch_size: int = 32,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        data_dir: str = "data",
-        num_workers: int = 0,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, path: str | None = None, encoding: Encoding = "smiles", **text_options: Any) -> None:
         """`path`: a .smi or .csv file (null: RDKit's NCI set); `encoding`: smiles | selfies. The other
-        arguments are TextDataModule's; `val_fraction`/`test_fraction` are fractions of the distinct molecules."""
+        arguments are DocumentsDataModule's (fractions of the distinct molecules)."""
         check_encoding(encoding)
-        if not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
-            raise ConfigError(
-                f"data.test_fraction must be in (0, 1) with data.val_fraction + data.test_fraction < 1, "
-                f"got {test_fraction} and {val_fraction}"
-            )
-        super().__init__(
-            tokenizer=tokenizer,
-            vocab_size=vocab_size,
-            block_size=block_size,
-            batch_size=batch_size,
-            val_fraction=val_fraction,
-            data_dir=data_dir,
-            num_workers=num_workers,
-            seed=seed,
-        )
-        self.file, self.encoding, self.test_fraction = path, encoding, test_fraction
+        super().__init__(**text_options)
+        self.file, self.encoding = path, encoding
         self.molecules: dict[str, list[str]] = {}  # canonical SMILES per split
         self._scorer: MoleculeScorer | None = None
 
@@ -307,9 +278,6 @@ class MoleculesDataModule(TextDataModule):
         "sa_data": "mean synthetic accessibility of the test split's molecules",
         "sa_w1": "Wasserstein-1 distance between the SA of the valid samples and of the test split",
     }
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
 
     def score(self, samples: list[str]) -> dict[str, float]:
         if self._scorer is None:  # QED/SA of the reference set once (SA takes ~1 ms a molecule)

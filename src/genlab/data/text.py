@@ -448,3 +448,26 @@ class TextDataModule(L.LightningDataModule):
     def eval_dataloader(self, split: str) -> DataLoader:
         """Non-overlapping windows of `split` (a module with a "test" split returns this from test_dataloader)."""
         return self._loader(EvalWindows(self.splits[split], self.batch_size, self.seed))
+
+
+class DocumentsDataModule(TextDataModule):
+    """Text made of separate documents (source files, pieces of music, molecules) split by document into
+    train, val and test, so no document is in two splits. Subclasses supply `split_texts()` (and the
+    `source` they read); the windows, samplers, tokenizers and token cache are TextDataModule's.
+
+    `val_fraction` and `test_fraction` are fractions of the documents; the other arguments are
+    TextDataModule's except `path`/`url`, which each subclass reads in its own way."""
+
+    def __init__(self, test_fraction: float = 0.1, **text_options: Any) -> None:
+        if text_options.get("url") is not None:
+            raise ConfigError(f"data.url: {type(self).__name__} reads local files only; give data.path")
+        super().__init__(**text_options)
+        if not 0 < test_fraction < 1 or self.val_fraction + test_fraction >= 1:
+            raise ConfigError(
+                "data.test_fraction must be in (0, 1) with data.val_fraction + data.test_fraction < 1, "
+                f"got {test_fraction} and {self.val_fraction}"
+            )
+        self.test_fraction = test_fraction
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
