@@ -66,6 +66,15 @@ def test_presets_beat_family_defaults_and_the_command_line_beats_all() -> None:
     assert compose(["trainer=debug", "trainer.max_epochs=7"]).trainer.max_epochs == 7
 
 
+def test_family_defaults_beat_the_default_files_but_not_chosen_ones() -> None:
+    feedback = ["model=gpt_feedback", "model.init_from=runs/base"]
+    assert compose(feedback).callbacks.checkpoint.monitor == "val/reward"  # over callbacks/default.yaml
+    assert compose(["model=gpt"]).callbacks.checkpoint.monitor == "val/loss"
+    chosen = compose([*feedback, "callbacks=default"]).callbacks.checkpoint.monitor
+    assert chosen == "val/loss"  # a file named on purpose beats the family
+    assert compose([*feedback, "trainer=debug"]).trainer.limit_train_batches == 5  # the family says 25
+
+
 def test_experiment_selects_groups_and_overrides_values() -> None:
     cfg = compose(["experiment=vae_mnist"])
     assert cfg.groups.data == "mnist"

@@ -4,9 +4,10 @@
     configs/<group>/<choice>.yaml   model, data, trainer, logger, callbacks: placed under `<group>:`
     configs/experiment/<name>.yaml  a whole recipe: group choices plus values anywhere
 
-Precedence, lowest first: train.yaml, a model file's `_global_` section (family defaults for other
-groups, e.g. its trainer length), the group files (presets such as trainer=debug beat family
-defaults), the experiment, the command line. A model
+Precedence, lowest first: train.yaml and the group files it names by default, a model file's
+`_global_` section (family defaults for other groups, e.g. its trainer length or its best checkpoint's
+metric), the group files chosen by the model file, the experiment or the command line (presets such
+as trainer=debug beat family defaults), the experiment's values, the command line. A model
 file names its default data (`defaults: [data: digits]`), so `model=vae` alone is a complete run.
 
 The command line takes `key=value` and `--key=value` (what `wandb agent` passes), with dotted keys
@@ -179,16 +180,21 @@ def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConf
         raise ConfigError(f"choose a model: model=<name>, one of {', '.join(choices_of('model', root))}")
     model, model_selections = load_group_file("model", choices["model"], root)
     family_globals = model.pop("_global_", {})
-    for entry in model_selections:
-        choices.update(entry)
-    choices.update(exp_choices)
-    choices.update(selected)
+    picked = set()  # groups whose file someone chose: the model file, the experiment or the command line
+    for entries in (model_selections, [exp_choices], [selected]):
+        for entry in entries:
+            choices.update(entry)
+            picked.update(entry)
     choices[EXPERIMENT] = exp_name
 
     cfg["model"] = model
-    cfg = _merge(cfg, family_globals)
+    cfg = _merge(cfg, {key: value for key, value in family_globals.items() if key not in GROUPS})
     for group in GROUPS[1:]:
-        cfg[group] = _merge(cfg.get(group) or {}, _load_choices(group, choices.get(group), root))
+        # A family's defaults beat train.yaml's default files (gpt_feedback keeps the best checkpoint on
+        # val/reward) and lose to a file chosen on purpose (trainer=debug is short for every family).
+        preset, family = _load_choices(group, choices.get(group), root), family_globals.get(group) or {}
+        first, last = (family, preset) if group in picked else (preset, family)
+        cfg[group] = _merge(_merge(cfg.get(group) or {}, first), last)
     cfg = _merge(cfg, experiment)
     cfg["groups"] = {group: choices.get(group) for group in (*GROUPS, EXPERIMENT)}
 
