@@ -8,7 +8,9 @@ chorales, code). Both models are scored on `n` samples that start where the GPT'
 temperature unless `temperature=` is given, the n-gram's as many characters as the GPT's hold on
 average. The n-gram model (`genlab.baselines.NgramModel`) is fitted on the same training split;
 its order is the one of `orders` with the lowest bits per character on the validation split (the
-baseline's best shot). Prints one table; writes `<RUN>/domain_baselines.json`.
+baseline's best shot). A third column scores real text of the validation split cut the same way
+(the characters after each place the prompt occurs): the ceiling. Prints one table; writes
+`<RUN>/domain_baselines.json`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def main(argv: list[str]) -> None:
     ngram_samples = fitted[best].sample(n, chars, prompt=prompt, seed=0)
     ngram_seconds = time.perf_counter() - began
     ngram_scores = datamodule.score(ngram_samples)
+    # The ceiling: real text from the validation split, cut like a sample (as many characters after
+    # each place the prompt occurs, up to n of them): what a perfect model would score.
+    starts = [i + len(prompt) for i in range(len(val_text)) if val_text.startswith(prompt, i)]
+    real_samples = [val_text[i : i + chars] for i in starts[:n]]
+    real_scores = datamodule.score(real_samples) if real_samples else {key: math.nan for key in gpt_scores}
 
     with open(run / "metrics.csv", newline="") as file:
         logged = [row["val/bpc"] for row in csv.DictReader(file) if row.get("val/bpc")]
@@ -66,10 +73,10 @@ def main(argv: list[str]) -> None:
 
     print(f"run: {run}  n={n}  threads={threads}  prompt={prompt!r}  length={length} tokens, {chars} characters")
     print(f"n-gram val bits/char by order: {', '.join(f'{o}: {b:.3f}' for o, b in bpc.items())} -> order {best}")
-    print(f"{'':16} {'GPT':>10} {'n-gram':>10}")
+    print(f"{'':16} {'GPT':>10} {'n-gram':>10} {'held-out':>10}   (held-out: {len(real_samples)} real val samples)")
     print(f"{'val bits/char':16} {metrics['val/bpc']:>10.3f} {bpc[best]:>10.3f}")
     for key in gpt_scores:
-        print(f"{key:16} {gpt_scores[key]:>10.4f} {ngram_scores[key]:>10.4f}")
+        print(f"{key:16} {gpt_scores[key]:>10.4f} {ngram_scores[key]:>10.4f} {real_scores[key]:>10.4f}")
     print(f"{'sampling s':16} {gpt_seconds:>10.1f} {ngram_seconds:>10.1f}   (n-gram: fitting all orders too)")
     report = {
         "n": n,
@@ -77,6 +84,7 @@ def main(argv: list[str]) -> None:
         "temperature": model.hparams.temperature,
         "gpt": {"val/bpc": metrics["val/bpc"], **gpt_scores, "sampling_seconds": gpt_seconds},
         "ngram": {"order": best, "characters": chars, "val/bpc": bpc[best], **ngram_scores, "seconds": ngram_seconds},
+        "held_out": {"n": len(real_samples), **real_scores},
         "ngram_bpc_by_order": bpc,
     }
     (run / "domain_baselines.json").write_text(json.dumps(report, indent=1) + "\n")

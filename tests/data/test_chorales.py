@@ -8,6 +8,7 @@ import torch
 from genlab.data import chorales
 from genlab.data.chorales import (
     ChoralesDataModule,
+    MusicScorer,
     Note,
     Piece,
     decode,
@@ -15,6 +16,7 @@ from genlab.data.chorales import (
     find_key,
     in_key_fraction,
     read_midi,
+    total_variation,
     write_midi,
 )
 from genlab.errors import ConfigError, DataError
@@ -81,6 +83,10 @@ def test_scores_against_held_out_chorales(five):
     same = five.score(["\n" + t + "\n" for t in held_out])
     assert same["valid"] == 1 and same["pitch_class_tv"] == 0 and same["duration_tv"] == 0
     assert same["in_key"] == same["in_key_data"] > 0.8
+    opening = five.score(["\n" + t[:120] for t in held_out])  # compared with the openings, not whole pieces
+    assert opening["valid"] == 1 and opening["pitch_class_tv"] == 0 and opening["duration_tv"] == 0
+    scorer = MusicScorer(held_out)  # the opening's durations are not the whole pieces' (cadences hold long notes)
+    assert total_variation(scorer.reference_figures(120)[1], scorer.reference_figures(10**6)[1]) > 0.01
     rng = random.Random(0)
     noise = " ".join(f"{rng.randint(48, 80)}:{rng.choice([1, 3, 5, 7])} +{rng.randint(1, 4)}" for _ in range(200))
     scores = five.score([noise, "!!"])
