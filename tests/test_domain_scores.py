@@ -39,8 +39,9 @@ TINY_GPT = (
 class ScoredText(TextDataModule):
     """A text data module with a domain score and its own sample files, as the contract allows."""
 
-    def score(self, samples: list[str]) -> dict[str, float]:
-        return {"with_e": sum("e" in s for s in samples) / len(samples), "count": float(len(samples))}
+    def score(self, samples: list[str], split: str) -> dict[str, float]:
+        with_e = sum("e" in s for s in samples) / len(samples)
+        return {"with_e": with_e, "count": float(len(samples)), "against_val": float(split == "val")}
 
     def write_samples(self, samples: list[str], folder: Path, stem: str) -> list[Path]:
         path = Path(folder) / f"{stem}.fake"
@@ -60,6 +61,7 @@ def test_a_fake_data_modules_scores_reach_logger_sample_and_eval(tmp_path, capsy
     rows = read_metrics(run)
     counts = [float(r["val/count"]) for r in rows if r.get("val/count")]
     assert counts == [4.0, 4.0, 4.0]  # epochs 0 and 1, and the end of training
+    assert {r["val/against_val"] for r in rows if r.get("val/against_val")} == {"1.0"}  # never the test split
     assert {"samples_epoch=000.fake", "samples_epoch=001.fake", "samples_final.fake"} <= {
         p.name for p in (run / "samples").iterdir()
     }
@@ -67,7 +69,8 @@ def test_a_fake_data_modules_scores_reach_logger_sample_and_eval(tmp_path, capsy
     out = capsys.readouterr().out
     assert "scores: with_e" in out and "count 3" in out
     assert len(json.loads((tmp_path / "drawn" / "sample-n3-seed0.fake").read_text())) == 3
-    assert json.loads((tmp_path / "drawn" / "sample-n3-seed0.scores.json").read_text())["count"] == 3
+    scores = json.loads((tmp_path / "drawn" / "sample-n3-seed0.scores.json").read_text())
+    assert scores["count"] == 3 and scores["against_val"] == 0
     report = evaluate.evaluate({"run": str(run), "n": 5})
     assert report["split"] == "val" and report["metrics"]["val/count"] == 5  # no test split: validation
 

@@ -1,6 +1,6 @@
 """Callbacks every family shares. They rely only on the family contract: `sample(n)` returns
 images `(n, C, H, W)` in [-1, 1] or a list of strings, and an optional `reconstruct(x)`; and on the
-data's optional `score(samples)` / `write_samples(samples, folder, stem)` for text samples."""
+data's optional `score(samples, split)` / `write_samples(samples, folder, stem)` for text samples."""
 
 from __future__ import annotations
 
@@ -71,13 +71,14 @@ class SampleLogger(L.Callback):
 
     @staticmethod
     def _log_scores(trainer, pl_module, texts: list[str], folder: Path, stem: str, final: bool) -> None:
-        """A data module's domain files (`write_samples`) and scores (`score`, logged as `val/<key>`)."""
+        """A data module's domain files (`write_samples`) and scores (`score` against the validation split,
+        logged as `val/<key>`: what a sweep or a checkpoint may monitor, so never the test split)."""
         datamodule = getattr(trainer, "datamodule", None)
         if hasattr(datamodule, "write_samples"):
             datamodule.write_samples(texts, folder, stem)
         if not hasattr(datamodule, "score"):
             return
-        scores = {f"val/{key}": float(value) for key, value in datamodule.score(texts).items()}
+        scores = {f"val/{key}": float(value) for key, value in datamodule.score(texts, split="val").items()}
         if not final:  # inside validation: logged with the module's own figures (rank zero only: no monitor under DDP)
             pl_module.log_dict(scores, rank_zero_only=True)
             return

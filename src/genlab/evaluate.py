@@ -6,7 +6,7 @@ Two parts, each where it applies (the family contract, nothing family-specific):
 - the family's own validation figures (`val/...`: loss, nll, bits/dim, bits/char, perplexity) computed
   on the TEST split by running its `validation_step` there (text data has no test split: then the
   validation text, said so);
-- for data with a domain score (`score(samples)`: code, music, molecules), that score of `n` seeded
+- for data with a domain score (`score(samples, split)`: code, music, molecules), that score of `n` seeded
   samples, as `<split>/<key>`;
 - for image families, `genlab.metrics.image_metrics` of `n` seeded samples against the training
   images (FID, KID, precision/recall/density/coverage, memorisation, per-label accuracy when
@@ -141,7 +141,9 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         )
     elif hasattr(datamodule, "score"):  # text-like data with a domain score (code, music, molecules)
         samples = draw(model, n, seed, None, args.get("batch_size") or BATCH_SIZE)
-        metrics |= {f"{split}/{key}": float(value) for key, value in datamodule.score(list(samples)).items()}
+        metrics |= {
+            f"{split}/{key}": float(value) for key, value in datamodule.score(list(samples), split=split).items()
+        }
         report["n"] = n
     report["metrics"] = metrics
     report["notes"] = {**NOTES, **getattr(model, "metric_notes", {}), **getattr(datamodule, "metric_notes", {})}

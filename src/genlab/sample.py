@@ -264,7 +264,8 @@ def sample(args: dict[str, Any]) -> list[Path]:
 
 def domain_outputs(config: dict[str, Any], texts: list[str], out: Path, stem: str) -> list[Path]:
     """Text samples in the data's own files (its `write_samples`: .py, .mid, .smi ...) and its `score`
-    written to `<stem>.scores.json`, for data modules that have them (the run's data, set up for "fit")."""
+    against the test split written to `<stem>.scores.json`, for data modules that have them (the run's
+    data, set up for "fit")."""
     datamodule = instantiate(config["data"], "data")
     if not (hasattr(datamodule, "score") or hasattr(datamodule, "write_samples")):
         return []
@@ -272,7 +273,7 @@ def domain_outputs(config: dict[str, Any], texts: list[str], out: Path, stem: st
     paths = list(datamodule.write_samples(texts, out, stem)) if hasattr(datamodule, "write_samples") else []
     if hasattr(datamodule, "score"):
         paths.append(out / f"{stem}.scores.json")
-        paths[-1].write_text(json.dumps(datamodule.score(texts), indent=1) + "\n")
+        paths[-1].write_text(json.dumps(datamodule.score(texts, split="test"), indent=1) + "\n")
     return paths
 
 

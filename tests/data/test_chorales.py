@@ -83,6 +83,8 @@ def test_scores_against_held_out_chorales(five):
     same = five.score(["\n" + t + "\n" for t in held_out])
     assert same["valid"] == 1 and same["pitch_class_tv"] == 0 and same["duration_tv"] == 0
     assert same["in_key"] == same["in_key_data"] > 0.8
+    val = five.score(["\n" + t + "\n" for t in five.pieces["val"]], split="val")  # the sample logger's reference
+    assert val["pitch_class_tv"] == val["duration_tv"] == 0 < five.score(["\n" + five.pieces["val"][0]])["duration_tv"]
     opening = five.score(["\n" + t[:120] for t in held_out])  # compared with the openings, not whole pieces
     assert opening["valid"] == 1 and opening["pitch_class_tv"] == 0 and opening["duration_tv"] == 0
     scorer = MusicScorer(held_out)  # the opening's durations are not the whole pieces' (cadences hold long notes)

@@ -27,8 +27,9 @@ as in miditok's TSD, so the four voices need no note-off bookkeeping. Voices are
 (chorales are four-part harmony; the MIDI is one track), and fermatas, dynamics and tempo are
 dropped.
 
-Scores of samples against the test split's pieces (`score(samples)`). Samples are openings of pieces,
-so the reference is the test pieces' openings of the samples' median length in characters:
+Scores of samples against a split's pieces (`score(samples, split)`: the test split, or the validation
+split for the sample logger's `val/<key>`). Samples are openings of pieces, so the reference is the
+pieces' openings of the samples' median length in characters:
     valid            fraction of samples that decode to notes without a malformed token
     in_key           mean fraction of a sample's notes in its own key (Krumhansl-Kessler key finding;
                      the major scale, or natural minor plus the raised leading tone), `in_key_data`
@@ -449,7 +450,7 @@ class ChoralesDataModule(DocumentsDataModule):
         super().__init__(block_size=block_size, **text_options)
         self.folder, self.max_pieces, self.on_bad_file = path, max_pieces, on_bad_file
         self.pieces: dict[str, list[str]] = {}  # the encoded pieces of each split
-        self._scorer: MusicScorer | None = None
+        self._scorers: dict[str, MusicScorer] = {}  # per reference split
 
     @property
     def source(self) -> Path:
@@ -470,15 +471,16 @@ class ChoralesDataModule(DocumentsDataModule):
     metric_notes = {
         "valid": "fraction of samples that decode to notes without a malformed token",
         "in_key": "mean fraction of a sample's notes in its own key (Krumhansl-Kessler key finding)",
-        "in_key_data": "the same for the test split's pieces",
-        "pitch_class_tv": "total variation between tonic-relative pitch-class histograms, samples vs test pieces",
-        "duration_tv": "total variation between note-duration histograms, samples vs test pieces",
+        "in_key_data": "the same for the reference split's openings (make eval: the test split)",
+        "pitch_class_tv": "total variation of tonic-relative pitch-class histograms, samples vs reference openings",
+        "duration_tv": "total variation between note-duration histograms, samples vs reference openings",
     }
 
-    def score(self, samples: list[str]) -> dict[str, float]:
-        if self._scorer is None:
-            self._scorer = MusicScorer(self.pieces["test"])
-        return self._scorer(samples)
+    def score(self, samples: list[str], split: str = "test") -> dict[str, float]:
+        """The scores of the module docstring against `split`'s pieces (the sample logger: "val")."""
+        if split not in self._scorers:
+            self._scorers[split] = MusicScorer(self.pieces[split])
+        return self._scorers[split](samples)
 
     def write_samples(self, samples: list[str], folder: Path, stem: str) -> list[Path]:
         """`<stem>_<i>.mid` for every sample with notes, and `<stem>_pianoroll.png` of the first eight."""

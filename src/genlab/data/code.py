@@ -169,8 +169,9 @@ class CodeDataModule(DocumentsDataModule):
         # GPTModule.sample leaves the prompt out; generate() (a prompt given to `make sample`) keeps it.
         return sample if sample.lstrip("\n").startswith(self.prompt.lstrip("\n")) else self.prompt + sample
 
-    def score(self, samples: list[str]) -> dict[str, float]:
-        """parse, complete and unique of the samples (definitions in the module docstring)."""
+    def score(self, samples: list[str], split: str = "test") -> dict[str, float]:
+        """parse, complete and unique of the samples (definitions in the module docstring); they need no
+        reference, so `split` changes nothing."""
         if not samples:
             return {}
         functions = [function_of(self._with_prompt(s)) for s in samples]

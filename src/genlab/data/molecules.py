@@ -13,14 +13,15 @@ shuffle of the sorted molecules), so train/val/test never share a molecule, what
 in the file. The splits are text, one molecule per line; the GPT's samples start after a newline,
 so a sample's first line is one molecule.
 
-Scores (`score(samples)`, the MOSES metrics of Polykovskiy et al. 2020):
+Scores (`score(samples, split)`, the MOSES metrics of Polykovskiy et al. 2020), against `split`'s molecules
+(the test split; the sample logger's `val/<key>` use the validation split):
     valid       fraction of samples whose first line RDKit parses
     unique      distinct canonical molecules / valid ones
     novel       distinct valid molecules not in the training split / distinct valid ones
     qed, sa     mean QED (Bickerton et al. 2012) and synthetic accessibility (Ertl & Schuffenhauer
                 2009, RDKit Contrib's sascorer) of the valid samples; `qed_data`, `sa_data` the same
-                for the test split
-    qed_w1, sa_w1  the Wasserstein-1 distance between the samples' and the test split's values
+                for the reference split
+    qed_w1, sa_w1  the Wasserstein-1 distance between the samples' and the reference split's values
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ class MoleculesDataModule(DocumentsDataModule):
         super().__init__(**text_options)
         self.file, self.encoding = path, encoding
         self.molecules: dict[str, list[str]] = {}  # canonical SMILES per split
-        self._scorer: MoleculeScorer | None = None
+        self._scorers: dict[str, MoleculeScorer] = {}  # per reference split
 
     @property
     def source(self) -> Path:
@@ -272,17 +273,19 @@ class MoleculesDataModule(DocumentsDataModule):
         "unique": "distinct valid molecules / valid molecules",
         "novel": "distinct valid molecules not in the training split / distinct valid molecules",
         "qed": "mean QED (drug-likeness, 0 to 1) of the valid samples",
-        "qed_data": "mean QED of the test split's molecules",
-        "qed_w1": "Wasserstein-1 distance between the QED of the valid samples and of the test split",
+        "qed_data": "mean QED of the reference split's molecules (make eval: the test split)",
+        "qed_w1": "Wasserstein-1 distance between the QED of the valid samples and of the reference split",
         "sa": "mean synthetic accessibility (1 easy to 10 hard) of the valid samples",
-        "sa_data": "mean synthetic accessibility of the test split's molecules",
-        "sa_w1": "Wasserstein-1 distance between the SA of the valid samples and of the test split",
+        "sa_data": "mean synthetic accessibility of the reference split's molecules",
+        "sa_w1": "Wasserstein-1 distance between the SA of the valid samples and of the reference split",
     }
 
-    def score(self, samples: list[str]) -> dict[str, float]:
-        if self._scorer is None:  # QED/SA of the reference set once (SA takes ~1 ms a molecule)
-            self._scorer = MoleculeScorer(self.molecules["train"], self.molecules["test"], self.encoding)
-        return self._scorer(samples)
+    def score(self, samples: list[str], split: str = "test") -> dict[str, float]:
+        """The scores of the module docstring; QED/SA against `split`'s molecules (the sample logger: "val"),
+        novelty against the training split's."""
+        if split not in self._scorers:  # QED/SA of the reference set once (SA takes ~1 ms a molecule)
+            self._scorers[split] = MoleculeScorer(self.molecules["train"], self.molecules[split], self.encoding)
+        return self._scorers[split](samples)
 
     def write_samples(self, samples: list[str], folder: Path, stem: str) -> list[Path]:
         """`<stem>.smi`: the valid samples' canonical SMILES, each named by its sample's index (the raw
