@@ -62,7 +62,13 @@ def test_scores_of_known_molecules(nci50, tmp_path):
     assert 0 < scores["qed"] < 1 and 0 < scores["qed_data"] < 1 and scores["qed_w1"] > 0
     assert 1 <= scores["sa"] <= 10 and math.isfinite(scores["sa_w1"])
     test_set = ["\n" + m + "\n" for m in dm.molecules["test"]]
-    assert dm.score(test_set)["qed_w1"] == pytest.approx(0, abs=1e-9)  # the reference scores as itself
+    itself = dm.score(test_set)
+    assert itself["qed_w1"] == pytest.approx(0, abs=1e-9)  # the reference scores as itself
+    assert itself["int_div"] == itself["int_div_data"] > 0.5
+    assert molecules.internal_diversity(["CCO", "OCC"]) == 0  # one molecule spelt twice: identical fingerprints
+    assert math.isnan(molecules.internal_diversity(["CCO", "CCO"]))  # no pair of distinct molecules
+    assert molecules.internal_diversity(["CCO", "c1ccccc1"]) == pytest.approx(1.0)  # no shared Morgan bit
+    assert 0 < molecules.internal_diversity(["CCO", "CCCO", "c1ccccc1"]) < 1
     (path,) = dm.write_samples(samples, tmp_path / "samples", "final")
     assert path.suffix == ".smi"
     lines = path.read_text().splitlines()

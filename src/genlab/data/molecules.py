@@ -22,6 +22,8 @@ Scores (`score(samples, split)`, the MOSES metrics of Polykovskiy et al. 2020), 
                 2009, RDKit Contrib's sascorer) of the valid samples; `qed_data`, `sa_data` the same
                 for the reference split
     qed_w1, sa_w1  the Wasserstein-1 distance between the samples' and the reference split's values
+    int_div     internal diversity, MOSES's IntDiv1 (1 - mean pairwise Tanimoto similarity of Morgan
+                fingerprints) of the distinct valid samples; `int_div_data` the same for the reference
 """
 
 from __future__ import annotations
@@ -154,6 +156,24 @@ def first_line(sample: str) -> str:
     return ""
 
 
+def internal_diversity(smiles: list[str], max_molecules: int = 1000, seed: int = 0) -> float:
+    """MOSES's IntDiv1: 1 - the mean Tanimoto similarity of Morgan fingerprints (radius 2, 1024 bits)
+    over pairs of distinct (canonical) SMILES (MOSES also averages in each molecule with itself, which adds
+    1/n). At most `max_molecules` of them, drawn with `seed` (pairs grow as n^2). NaN under two."""
+    from rdkit import DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+
+    molecules = sorted(set(smiles))
+    if len(molecules) > max_molecules:
+        molecules = random.Random(seed).sample(molecules, max_molecules)
+    if len(molecules) < 2:
+        return float("nan")
+    morgan = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
+    fingerprints = [morgan.GetFingerprint(_chem().MolFromSmiles(s)) for s in molecules]
+    total = sum(sum(DataStructs.BulkTanimotoSimilarity(fp, fingerprints[i + 1 :])) for i, fp in enumerate(fingerprints))
+    return 1.0 - total / (len(molecules) * (len(molecules) - 1) / 2)
+
+
 def wasserstein1(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import wasserstein_distance
 
@@ -168,6 +188,7 @@ class MoleculeScorer:
         self.train, self.encoding = set(train), encoding
         self.ref_qed = np.array([v for s in reference if (v := qed_of(s)) is not None])
         self.ref_sa = np.array([v for s in reference if (v := sa_of(s)) is not None])
+        self.ref_int_div = internal_diversity(reference)
 
     def molecules(self, samples: list[str]) -> list[str | None]:
         """Each sample's molecule as canonical SMILES (None when invalid)."""
@@ -193,6 +214,8 @@ class MoleculeScorer:
             "sa": float(sa.mean()) if len(sa) else nan,
             "sa_data": float(self.ref_sa.mean()),
             "sa_w1": wasserstein1(sa, self.ref_sa),
+            "int_div": internal_diversity(valid),
+            "int_div_data": self.ref_int_div,
         }
 
 
@@ -278,6 +301,8 @@ class MoleculesDataModule(DocumentsDataModule):
         "sa": "mean synthetic accessibility (1 easy to 10 hard) of the valid samples",
         "sa_data": "mean synthetic accessibility of the reference split's molecules",
         "sa_w1": "Wasserstein-1 distance between the SA of the valid samples and of the reference split",
+        "int_div": "1 - mean pairwise Tanimoto similarity (Morgan r=2) of the distinct valid samples (MOSES IntDiv1)",
+        "int_div_data": "the same for the reference split's molecules",
     }
 
     def score(self, samples: list[str], split: str = "test") -> dict[str, float]:
