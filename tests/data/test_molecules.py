@@ -76,6 +76,18 @@ def test_scores_of_known_molecules(nci50, tmp_path):
     assert all(canonical(line.split("\t")[0]) for line in lines)
 
 
+def test_randomized_spellings_are_the_training_molecules_and_only_theirs(nci50, tmp_path):
+    dm = MoleculesDataModule(path=str(nci50), randomize=3, block_size=16, data_dir=str(tmp_path))
+    texts = dm.split_texts()
+    train = [t.strip() for t in texts["train"][:-1]]
+    assert len(train) == 4 * len(dm.molecules["train"]) and len(set(train)) > 2 * len(dm.molecules["train"])
+    assert sorted(canonical(s) for s in train) == sorted(dm.molecules["train"] * 4)  # spellings of the same molecules
+    assert [t.strip() for t in texts["val"][:-1]] == dm.molecules["val"]  # held-out splits stay canonical
+    assert dm.split_texts() == texts  # seeded: a resumed run reads the same text
+    with pytest.raises(ConfigError, match="data.randomize"):
+        MoleculesDataModule(path=str(nci50), randomize=-1)
+
+
 def test_selfies_encoding_decodes_back_to_the_molecules(nci50, tmp_path):
     dm = MoleculesDataModule(path=str(nci50), encoding="selfies", block_size=16, data_dir=str(tmp_path))
     dm.setup()

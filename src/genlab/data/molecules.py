@@ -248,6 +248,18 @@ def load_splits(
     return splits
 
 
+def randomized(smiles: list[str], copies: int, seed: int) -> list[str]:
+    """Each canonical SMILES and `copies` random spellings of it (RDKit's random atom orders, seeded), in a
+    seeded shuffle: the same molecule's spellings are not neighbours a window could copy from."""
+    chem = _chem()
+    spellings = list(smiles)
+    for i, s in enumerate(smiles):
+        molecule_seed = seed * 1_000_003 + i + 1  # RDKit takes 0 as "unseeded"
+        spellings += chem.MolToRandomSmilesVect(chem.MolFromSmiles(s), copies, randomSeed=molecule_seed)
+    random.Random(seed).shuffle(spellings)
+    return spellings
+
+
 def split_texts(splits: dict[str, list[str]], encoding: Encoding) -> dict[str, list[str]]:
     """Each split as documents: "\n" + each molecule's string, then a last "\n" (one molecule per line)."""
     if encoding == "selfies":
@@ -265,12 +277,18 @@ class MoleculesDataModule(DocumentsDataModule):
     (`test_dataloader`) and the scores of the module docstring. The windows, samplers (exact mid-epoch
     resume), tokenizers and token cache are TextDataModule's; this class supplies `split_texts`."""
 
-    def __init__(self, path: str | None = None, encoding: Encoding = "smiles", **text_options: Any) -> None:
-        """`path`: a .smi or .csv file (null: RDKit's NCI set); `encoding`: smiles | selfies. The other
-        arguments are DocumentsDataModule's (fractions of the distinct molecules)."""
+    def __init__(
+        self, path: str | None = None, encoding: Encoding = "smiles", randomize: int = 0, **text_options: Any
+    ) -> None:
+        """`path`: a .smi or .csv file (null: RDKit's NCI set); `encoding`: smiles | selfies; `randomize`:
+        K random SMILES spellings of each training molecule besides its canonical one (augmentation,
+        Arus-Pous et al. 2019); validation and test stay canonical. The other arguments are
+        DocumentsDataModule's (fractions of the distinct molecules)."""
         check_encoding(encoding)
+        if not isinstance(randomize, int) or randomize < 0:
+            raise ConfigError(f"data.randomize must be a whole number of extra spellings (0: off), got {randomize!r}")
         super().__init__(**text_options)
-        self.file, self.encoding = path, encoding
+        self.file, self.encoding, self.randomize = path, encoding, randomize
         self.molecules: dict[str, list[str]] = {}  # canonical SMILES per split
         self._scorers: dict[str, MoleculeScorer] = {}  # per reference split
 
@@ -289,6 +307,9 @@ class MoleculesDataModule(DocumentsDataModule):
                         f"data.path: the {split} split of '{self.source}' got no molecule "
                         f"({sum(map(len, self.molecules.values()))} in all): give more molecules or larger fractions"
                     )
+        if self.randomize:
+            train = randomized(self.molecules["train"], self.randomize, self.seed)
+            return split_texts({**self.molecules, "train": train}, self.encoding)
         return split_texts(self.molecules, self.encoding)
 
     metric_notes = {
