@@ -48,3 +48,16 @@ def test_bpe_vocab_size_bounds():
     for size in (256, 70000):
         with pytest.raises(ConfigError, match="data.vocab_size"):
             BPETokenizer.train(TRAIN, vocab_size=size)
+
+
+def test_bpe_split_on_whitespace_learns_whole_words_and_round_trips():
+    notes = ["| 67:4 62:4 59:4 43:4 +4 | 67:8 62:4 +4\n"] * 20
+    words = BPETokenizer.train(notes, vocab_size=300, split="whitespace")
+    gpt2 = BPETokenizer.train(notes, vocab_size=300)
+    assert [words.decode([i]) for i in words.encode(" 67:4 62:4")] == [" 67:4", " 62:4"]  # a note is one token
+    assert len(gpt2.encode(" 67:4")) == 3  # GPT-2's pattern keeps digits and ':' apart
+    for text in [*TRAIN, *notes, "a  b\n\n\tc ", " x"]:
+        assert words.decode(words.encode(text)) == text
+    assert tokenizers.from_state(json.loads(json.dumps(words.state()))) == words
+    with pytest.raises(ConfigError, match="data.bpe_split"):
+        BPETokenizer.train(TRAIN, vocab_size=300, split="words")

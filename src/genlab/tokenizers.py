@@ -24,6 +24,8 @@ import numpy as np
 from genlab.errors import ConfigError, DataError
 
 TokenizerKind = Literal["char", "byte", "bpe"]
+BPESplit = Literal["gpt2", "whitespace"]
+BPE_SPLITS = ("gpt2", "whitespace")
 MAX_VOCAB = 2**16  # ids are stored as uint16
 
 
@@ -110,15 +112,26 @@ class BPETokenizer:
         self._tokenizer = HFTokenizer.from_str(spec)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
-        """Learn merges on `texts` (the training split only) up to `vocab_size` ids (at least the 256 bytes)."""
+    def train(cls, texts: Iterable[str], vocab_size: int, split: BPESplit = "gpt2") -> BPETokenizer:
+        """Learn merges on `texts` (the training split only) up to `vocab_size` ids (at least the 256 bytes).
+        Merges never cross the pieces `split` cuts the text into first: "gpt2", GPT-2's pattern (letters,
+        digits and punctuation apart: "67:4" is three pieces); "whitespace", runs of non-space characters
+        with the one space before them (" 67:4" may become one token: a whole note of the chorales)."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
         from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if not 256 < vocab_size <= MAX_VOCAB:
             raise ConfigError(f"data.vocab_size must be in (256, {MAX_VOCAB}] for data.tokenizer=bpe, got {vocab_size}")
+        if split not in BPE_SPLITS:
+            raise ConfigError(f"data.bpe_split must be one of {', '.join(BPE_SPLITS)}, got {split!r}")
         tokenizer = HFTokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split, text as is
+        if split == "gpt2":
+            tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split, text as is
+        else:  # every character kept: the pieces and the gaps between them (newlines, runs of spaces)
+            words = pre_tokenizers.Split(Regex(r" ?[^\s]+"), behavior="isolated")
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+                [words, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+            )
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

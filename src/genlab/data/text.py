@@ -234,6 +234,7 @@ class TextDataModule(L.LightningDataModule):
         url: str | None = None,
         tokenizer: TokenizerKind = "char",
         vocab_size: int = 2048,
+        bpe_split: tokenizers.BPESplit = "gpt2",
         block_size: int = 128,
         batch_size: int = 32,
         val_fraction: float = 0.1,
@@ -243,13 +244,16 @@ class TextDataModule(L.LightningDataModule):
     ) -> None:
         """`path` (a local text file) or `url` (downloaded into `data_dir`), or neither for the
         embedded corpus; `tokenizer` is "char" (vocabulary from the corpus), "byte" (256 ids) or "bpe"
-        (byte-level BPE of `vocab_size` ids learnt from the training text; `vocab_size` is ignored otherwise,
-        and the `vocab_size` attribute is the tokenizer's actual size once set up)."""
+        (byte-level BPE of `vocab_size` ids learnt from the training text, whose merges stay within the
+        pieces `bpe_split` cuts: "gpt2" or "whitespace"; `vocab_size` is ignored otherwise, and the
+        `vocab_size` attribute is the tokenizer's actual size once set up)."""
         super().__init__()
         if path is not None and url is not None:
             raise ConfigError("data.path and data.url are both set: give one (or neither, for the embedded corpus)")
         if tokenizer not in ("char", "byte", "bpe"):
             raise ConfigError(f"data.tokenizer must be 'char', 'byte' or 'bpe', got {tokenizer!r}")
+        if bpe_split not in tokenizers.BPE_SPLITS:
+            raise ConfigError(f"data.bpe_split must be one of {', '.join(tokenizers.BPE_SPLITS)}, got {bpe_split!r}")
         if tokenizer == "bpe" and not 256 < vocab_size <= tokenizers.MAX_VOCAB:
             raise ConfigError(f"data.vocab_size must be in (256, {tokenizers.MAX_VOCAB}] for bpe, got {vocab_size}")
         if not 0 < val_fraction < 1:
@@ -257,6 +261,7 @@ class TextDataModule(L.LightningDataModule):
         if block_size < 1 or batch_size < 1:
             raise ConfigError("data.block_size and data.batch_size must be at least 1")
         self.path, self.url, self.tokenizer_kind, self.bpe_vocab_size = path, url, tokenizer, vocab_size
+        self.bpe_split = bpe_split
         self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
         self.data_dir, self.num_workers, self.seed = Path(data_dir), num_workers, seed
         self.tokenizer: Tokenizer | None = None
@@ -346,7 +351,10 @@ class TextDataModule(L.LightningDataModule):
         """(tokenizer, the splits' tokens one after the other, each split's (start, stop)), from the token
         cache when these texts were tokenized the same way before. A char vocabulary holds the characters of
         every split (a validation character unseen in training still encodes); bpe learns from "train" only."""
-        digest = hashlib.sha1(json.dumps([self.tokenizer_kind, self.bpe_vocab_size, sorted(texts)]).encode())
+        settings = [self.tokenizer_kind, self.bpe_vocab_size, sorted(texts)]
+        if self.tokenizer_kind == "bpe" and self.bpe_split != "gpt2":  # gpt2: the cache keys of earlier runs
+            settings.append(self.bpe_split)
+        digest = hashlib.sha1(json.dumps(settings).encode())
         for split in sorted(texts):
             for doc in texts[split]:
                 digest.update(f"{split}:{len(doc)}:".encode())
@@ -366,7 +374,7 @@ class TextDataModule(L.LightningDataModule):
             tokenizer = ByteTokenizer()
         else:
             rank_zero_info(f"Training a byte-level BPE tokenizer of {self.bpe_vocab_size} ids on the training split")
-            tokenizer = BPETokenizer.train(texts["train"], self.bpe_vocab_size)
+            tokenizer = BPETokenizer.train(texts["train"], self.bpe_vocab_size, self.bpe_split)
         parts, bounds, start = [], {}, 0
         for split, docs in texts.items():
             ids = tokenizer.encode_many(docs) if isinstance(tokenizer, BPETokenizer) else map(tokenizer.encode, docs)
