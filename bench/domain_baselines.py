@@ -1,7 +1,7 @@
 """A trained GPT's domain scores next to a character n-gram model's, on the same split.
 
     python bench/domain_baselines.py RUN [n=1000] [threads=2] [orders=2,3,4,5,6,8] [temperature=...] [top_p=...]
-                                         [split=test]
+                                         [prompt=...] [split=test]
 
 RUN is a run folder (its last checkpoint) of a text-like data set with a `score()` (molecules,
 chorales, code). Both models are scored on `n` samples that start where the GPT's samples start
@@ -42,6 +42,8 @@ def main(argv: list[str]) -> None:
         model.hparams.temperature = float(args["temperature"])
     if "top_p" in args:
         model.hparams.top_p = float(args["top_p"])
+    if "prompt" in args:  # escapes as in Python: prompt='\n|'
+        model.hparams.sample_prompt = args["prompt"].encode().decode("unicode_escape")
     split = args.get("split", "test")
     datamodule = instantiate(checkpoint_config(ckpt)["data"], "data")
     datamodule.setup("fit")

@@ -461,12 +461,14 @@ class ChoralesDataModule(DocumentsDataModule):
         return Path(self.folder).expanduser()
 
     def split_texts(self) -> dict[str, list[str]]:
-        """One document per piece, "\n" + its text, and a last "\n": every piece starts after a newline,
-        where the GPT's samples start."""
+        """One document per piece, "\n " + its text, and a last "\n": every piece starts after a newline,
+        where the GPT's samples start. The space makes a piece's first token read as every other one
+        (" |", as GPT-2's prefix space does for a text's first word): with bpe_split=whitespace, a bare
+        "|" token, seen only after a newline, was sampled mid-piece ("57:12|") in 0.7% of samples."""
         if not self.pieces:
             texts = load_texts(self.folder, self.data_dir, self.on_bad_file, self.max_pieces)
             self.pieces = split_pieces(texts, self.val_fraction, self.test_fraction, self.seed)
-        return {split: ["\n" + t for t in pieces] + ["\n"] for split, pieces in self.pieces.items()}
+        return {split: ["\n " + t for t in pieces] + ["\n"] for split, pieces in self.pieces.items()}
 
     metric_notes = {
         "valid": "fraction of samples that decode to notes without a malformed token",
