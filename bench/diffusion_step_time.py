@@ -15,47 +15,24 @@ arithmetic is the same), with the model's guidance (which doubles the batch when
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 
-import lightning as L
+import timing
 import torch
-from vae_step_time import StepTimer, genlab_epochs  # noqa: F401  (genlab_epochs builds __main__.StepTimer)
 
 from genlab import load_model
 from genlab.config import compose
 from genlab.instantiate import instantiate
 
 
-def plain_epochs(overrides: list[str], epochs: int) -> float:
-    """The same math with no framework: the loop a careful user would write by hand."""
-    cfg = compose(overrides)
-    L.seed_everything(cfg.seed, verbose=False)
-    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
-    datamodule.setup("fit")
-    loader = datamodule.train_dataloader()
-    optimizer = model.configure_optimizers()
-    clip = cfg.trainer.get("gradient_clip_val")
-    model.train()
-    per_step = []
-    for epoch in range(epochs):
-        loader.sampler.set_epoch(epoch)
-        steps = 0
-        for x, y in loader:
-            if steps == 0:
-                start = time.perf_counter()
-            loss = model.loss(model.net, x, y).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.net.parameters(), clip)
-            optimizer.step()
-            model.ema.update(model.net)
-            steps += 1
-        per_step.append((time.perf_counter() - start) / steps)
-    return statistics.median(per_step[1:])
+def diffusion_loss(model, x, y):
+    return model.loss(model.net, x, y).mean()
+
+
+def ema_update(model):
+    model.ema.update(model.net)
 
 
 def sampling(model, samplers: list[str], n: int) -> None:
@@ -82,18 +59,17 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     quiet = ["callbacks.progress.refresh_rate=0", "trainer.enable_model_summary=false"]
     overrides = [f"model={args.model}", *quiet, *overrides]
-    print(f"config: {' '.join(overrides)}  threads: {torch.get_num_threads()}")
     if args.rounds:
         plain, ours = [], []
         with tempfile.TemporaryDirectory() as log_dir:
             for _ in range(args.rounds):
-                plain.append(plain_epochs(overrides, args.epochs))
-                ours.append(genlab_epochs(overrides, args.epochs, log_dir)[0])
-        p, g = statistics.median(plain), statistics.median(ours)
-        print(f"plain PyTorch loop : {p * 1e3:7.1f} ms/step")
-        print(f"genlab (Lightning) : {g * 1e3:7.1f} ms/step   ratio {g / p:.3f}  (goal <= 1.05)")
+                plain.append(timing.plain_epochs(overrides, args.epochs, diffusion_loss, after_step=ema_update))
+                ours.append(timing.genlab_epochs(overrides, args.epochs, log_dir)[0])
+        timing.report(overrides, "wall", plain, ours, [], goal="1.05")
     if not args.n:
         return
+    if not args.rounds:
+        print(f"config: {' '.join(overrides)}  threads: {torch.get_num_threads()}")
     default = "ddim:10,ddim:50,ddpm:1000" if args.model == "diffusion" else "euler:20,euler:50,heun:20,heun:50"
     model = load_model(args.checkpoint) if args.checkpoint else instantiate(compose(overrides).model)
     sampling(model, (args.samplers or default).split(","), args.n)

@@ -20,20 +20,16 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import lightning as L
+import timing
 import torch
-import vae_step_time
-from vae_step_time import StepTimer, genlab_epochs  # noqa: F401  (genlab_epochs builds __main__.StepTimer)
 
 from genlab.config import compose
 from genlab.instantiate import instantiate
 from genlab.models.feedback_losses import advantages, dpo_loss, policy_gradient_loss
 from genlab.train import train
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def make_base(log_dir: str) -> Path:
@@ -95,15 +91,10 @@ def main() -> None:
     parser.add_argument("--objective", choices=("grpo", "dpo"), default="grpo")
     parser.add_argument("--steps", type=int, default=10, help="steps per measurement (after one of warm-up)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each")
-    parser.add_argument(
-        "--clock",
-        choices=tuple(CLOCKS),
-        default="wall",
-        help="wall: elapsed time; cpu: this process's CPU time (with 1 thread on a shared machine, what an idle "
-        "core would take)",
-    )
+    parser.add_argument("--clock", choices=tuple(timing.CLOCKS), default="wall", help=timing.CLOCK_HELP)
     args, overrides = parser.parse_known_args()
-    clock = vae_step_time.clock = CLOCKS[args.clock]
+    timing.use_clock(args.clock)
+    clock = timing.CLOCKS[args.clock]
     generate, plain, ours = [], [], []
     with tempfile.TemporaryDirectory() as log_dir:
         base = args.init_from or make_base(log_dir)
@@ -120,7 +111,7 @@ def main() -> None:
             g, p = plain_steps(overrides, args.steps, clock)
             generate.append(g)
             plain.append(p)
-            ours.append(genlab_epochs(overrides, 2, log_dir)[0])
+            ours.append(timing.genlab_epochs(overrides, 2, log_dir)[0])
     hp = compose(overrides).model
     tokens = hp.prompts_per_step * hp.group_size * hp.completion_length
     g, p, o = (statistics.median(v) / tokens * 1e3 for v in (generate, plain, ours))
