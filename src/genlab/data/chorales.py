@@ -33,9 +33,9 @@ pieces' openings of the samples' median length in characters:
     valid            fraction of samples that decode to notes without a malformed token
     in_key           mean fraction of a sample's notes in its own key (Krumhansl-Kessler key finding;
                      the major scale, or natural minor plus the raised leading tone), `in_key_data`
-                     the same for the test openings
+                     the same for the reference openings
     pitch_class_tv   total variation distance between the pitch-class histograms of the samples and
-                     of the test openings, each piece transposed to its key's tonic (0 equal, 1 disjoint)
+                     of the reference openings, each piece transposed to its key's tonic (0 equal, 1 disjoint)
     duration_tv      the same for the note durations
 """
 
