@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> None:
     # The ceiling: real text of the other split, cut like a sample (as many characters after each
     # place the prompt occurs, up to n of them): what a perfect model would score.
     real_text = "".join(texts["val" if split == "test" else "test"])
-    starts = [i + len(prompt) for i in range(len(real_text)) if real_text.startswith(prompt, i)]
+    starts = [match.end() for match in re.finditer(re.escape(prompt), real_text)]
     real_samples = [sample for i in starts if (sample := real_text[i : i + chars]).strip()][:n]
     real_scores = datamodule.score(real_samples, split=split) if real_samples else dict.fromkeys(gpt_scores, math.nan)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from genlab.errors import ConfigError, DataError
 
 TokenizerKind = Literal["char", "byte", "bpe"]
 BPESplit = Literal["gpt2", "whitespace"]
-BPE_SPLITS = ("gpt2", "whitespace")
+BPE_SPLITS = get_args(BPESplit)
 MAX_VOCAB = 2**16  # ids are stored as uint16
 
 
