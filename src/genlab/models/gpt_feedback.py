@@ -44,12 +44,13 @@ from torchmetrics import MeanMetric
 
 from genlab import tokenizers
 from genlab.errors import ConfigError, DataError
-from genlab.instantiate import instantiate
+from genlab.instantiate import instantiate, locate
 from genlab.models.feedback_losses import ADVANTAGES, advantages, dpo_loss, kl_k3, policy_gradient_loss
 from genlab.models.gpt import TOKENIZER_KEY, TextGeneration, check_sampling
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.models.step_logs import log_train_step
 from genlab.nets.gpt import GPT
+from genlab.rewards import accepts_prompts
 from genlab.run import RESUME_ENV, is_checkpoint, load_model, read_checkpoint
 from genlab.tokenizers import Tokenizer
 
@@ -104,7 +105,8 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         top_p: float | None = None,
     ) -> None:
         """`init_from`: the GPT to fine-tune (run folder or .ckpt; read when training starts).
-        `reward`: a `_target_` node of a callable `(samples: list[str]) -> list[float]` (genlab.rewards).
+        `reward`: a `_target_` node of a callable `(samples: list[str]) -> list[float]` (genlab.rewards;
+        one taking the keyword `prompts` is also given each sample's prompt text).
         `objective`: grpo (policy gradient + KL penalty) or dpo. `advantage` (grpo): grpo (group mean
         and std) or rloo (leave-one-out mean). `group_size`: completions per prompt (dpo pairs the
         best and the worst). `prompts`: fixed prompt strings instead of prefixes of the data.
@@ -136,6 +138,8 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         check_sampling(temperature, top_k, top_p)
         self.save_hyperparameters()
         self.reward_fn = instantiate(reward, "model.reward")
+        # the function itself: instantiate's partial hides its signature; prompts go to those that name them
+        self.reward_takes_prompts = accepts_prompts(locate(reward["_target_"]))
         self.net: GPT | None = None  # the policy
         self.reference: GPT | None = None  # frozen; in the state_dict, never in the optimizer
         self.net_node: dict[str, Any] | None = None
@@ -272,9 +276,15 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
             texts += [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]
         return rows, texts
 
-    def score(self, texts: list[str]) -> torch.Tensor:
-        """The reward of each completion, `(len(texts),)` float32 on the model's device."""
-        scores = self.reward_fn(texts)
+    def score(self, texts: list[str], rows: list[torch.Tensor]) -> torch.Tensor:
+        """The reward of each completion, `(len(texts),)` float32 on the model's device. `rows`: the
+        rollout's token rows, whose prompts a reward taking `prompts` is given (decoded)."""
+        if self.reward_takes_prompts:
+            length = self.hparams.completion_length
+            prompts = [self.tokenizer.decode(row[: r.shape[1] - length]) for r in rows for row in r.tolist()]
+            scores = self.reward_fn(texts, prompts=prompts)
+        else:
+            scores = self.reward_fn(texts)
         name = self.hparams.reward["_target_"]
         if not hasattr(scores, "__len__") or len(scores) != len(texts):
             got = len(scores) if hasattr(scores, "__len__") else type(scores).__name__
@@ -300,7 +310,7 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         prompts = self.prompts_for(batch[0], count, offset=self.global_step * count)
         with torch.no_grad():
             rows, texts = self.rollout(prompts, group)
-        rewards = self.score(texts).view(count, group)  # (P, G)
+        rewards = self.score(texts, rows).view(count, group)  # (P, G)
         logp = self.logprobs(rows, self.net)  # (P*G, L), with gradient
         with torch.no_grad():
             ref_logp = self.logprobs(rows, self.reference)
@@ -359,7 +369,7 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
             logp = F.log_softmax(self.net(r[:, :-1])[:, start:].float() / temperature, dim=-1)  # (G, L, V)
             ref = F.log_softmax(self.reference(r[:, :-1])[:, start:].float() / temperature, dim=-1)
             kl.append((logp.exp() * (logp - ref)).sum(-1))
-        return self.score(texts), torch.cat(kl)
+        return self.score(texts, rows), torch.cat(kl)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
@@ -397,9 +407,9 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.hparams.val_seed)
-            _, texts = self.rollout(prompts, 1)
+            rows, texts = self.rollout(prompts, 1)
         self.train(was_training)
-        rewards = self.score(texts).tolist()
+        rewards = self.score(texts, rows).tolist()
         rows = [[self.tokenizer.decode(p[0].tolist()), t, r] for p, t, r in zip(prompts, texts, rewards, strict=True)]
         folder = Path(self.trainer.default_root_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
