@@ -216,3 +216,30 @@ def test_logged_rate_and_throughput_are_the_training_steps_own(tmp_path, monkeyp
         assert value == pytest.approx(3e-3 * warmup_cosine(step, warmup_steps=4, decay_steps=12, min_ratio=0.1))
 
     train(compose([*argv, "run_name=silent", "trainer.log_every_n_steps=0", "trainer.max_steps=4"]))  # no logging
+
+
+def test_generation_runs_in_eval_mode_and_restores_the_callers_mode() -> None:
+    """GPTModule.load_from_checkpoint returns a module in train mode: generate() and sample() must
+    not sample with dropout on (another distribution), and must leave the caller's mode as it was."""
+    net = {"_target_": "genlab.nets.gpt.GPT", "_partial_": True, "block_size": 16, "n_layer": 2, "n_head": 2}
+    model = GPTModule(
+        net={**net, "n_embd": 32, "dropout": 0.5},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
+        sample_prompt="ab",
+        sample_length=12,
+        temperature=1.0,
+    )
+    model.build(CharTokenizer("abcdefgh\n"))
+
+    def draw() -> tuple[str, list[str]]:
+        torch.manual_seed(0)
+        text = model.generate("ab", 12, temperature=1.0)
+        torch.manual_seed(1)
+        return text, model.sample(4)
+
+    model.train()
+    in_train_mode = draw()
+    assert model.training and model.net.training  # restored
+    model.eval()
+    assert draw() == in_train_mode  # dropout was off in both
+    assert not model.training and not model.net.training

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -67,6 +69,17 @@ class TextGeneration:
         """Token ids `(1, len)` on the model's device; a DataError for characters outside a char vocabulary."""
         return torch.from_numpy(self.tokenizer.encode(text).astype("int64")).to(self.device).unsqueeze(0)
 
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) inside, the caller's mode restored after: a module fresh from
+        `load_from_checkpoint` is in train mode, and sampling with dropout on draws from another model."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
     def generate(
         self,
@@ -76,16 +89,19 @@ class TextGeneration:
         top_k: int | None = None,
         top_p: float | None = None,
     ) -> str:
-        """`prompt` and its sampled continuation (temperature 0: greedy). Seed torch for repeatable text."""
+        """`prompt` and its sampled continuation (temperature 0: greedy), in eval mode whatever the
+        module's. Seed torch for repeatable text."""
         if not prompt:
             raise DataError("generate: the prompt is empty; give at least one character (e.g. '\\n')")
         check_sampling(temperature, top_k, top_p, where="generate: ")
-        out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
+        with self.evaluating():
+            out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
         return self.tokenizer.decode(out[0].tolist())
 
     @torch.no_grad()
     def sample(self, n: int) -> list[str]:
-        """`n` continuations of `sample_prompt`, `sample_length` tokens each (the prompt left out)."""
+        """`n` continuations of `sample_prompt`, `sample_length` tokens each (the prompt left out), in
+        eval mode whatever the module's."""
         try:
             start = self.encode(self.hparams.sample_prompt)
         except DataError:  # e.g. "\n" in a one-line corpus: start from the first token instead of failing
@@ -93,9 +109,10 @@ class TextGeneration:
         if start.shape[1] == 0:
             start = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         start = start.expand(n, -1)
-        out = self.net.generate(
-            start, self.hparams.sample_length, self.hparams.temperature, self.hparams.top_k, self.hparams.top_p
-        )
+        with self.evaluating():
+            out = self.net.generate(
+                start, self.hparams.sample_length, self.hparams.temperature, self.hparams.top_k, self.hparams.top_p
+            )
         return [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]
 
 
