@@ -5,7 +5,8 @@
 reported also as bits per token (`val/bpc`: per character or byte, loss / ln 2) and perplexity
 (`val/ppl` = exp(loss)). AdamW decays only matrices (embeddings and Linear weights, not biases or
 LayerNorm gains); the learning rate warms up linearly, then follows a cosine down to
-`min_lr_ratio` of its peak (the GPT-2/3 and nanoGPT recipe).
+`min_lr_ratio` of its peak (the GPT-2/3 and nanoGPT recipe). The schedule is fixed when a run starts
+(`lr_decay_steps` null: that run's length) and kept on resume, also when resumed with more steps.
 
 The vocabulary belongs to the data, so the net's config node is partial (every argument but
 `vocab_size`) and the net is built in `configure_model()` from the data module's tokenizer. The
@@ -19,12 +20,12 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from genlab import tokenizers
@@ -47,6 +48,20 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_ratio: flo
         return min_ratio
     progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """`warmup_cosine` as a LambdaLR `lr_lambda` object, not a function: LambdaLR checkpoints an
+    object's attributes, so a resumed run keeps the schedule it started with. "Train it longer"
+    (`ckpt_path=<run> trainer.max_steps=<more>`) then continues at `min_ratio` past the old horizon;
+    a horizon taken from the new length would put the resumed steps back up a longer cosine (a 5x
+    jump in the learning rate at the first resumed step)."""
+
+    def __init__(self, warmup_steps: int, decay_steps: int, min_ratio: float) -> None:
+        self.warmup_steps, self.decay_steps, self.min_ratio = warmup_steps, decay_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.warmup_steps, self.decay_steps, self.min_ratio)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, where: str = "model.") -> None:
@@ -186,14 +201,33 @@ class GPTModule(TextGeneration, L.LightningModule):
         decay_steps = self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches
         if not math.isfinite(decay_steps):
             raise ConfigError("model.lr_decay_steps is needed when the run has no length (trainer.max_steps)")
-        schedule = partial(
-            warmup_cosine,
-            warmup_steps=self.hparams.warmup_steps,
-            decay_steps=int(decay_steps),
-            min_ratio=self.hparams.min_lr_ratio,
-        )
+        schedule = WarmupCosine(self.hparams.warmup_steps, int(decay_steps), self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # A resumed run's scheduler state (restored before this hook) holds the schedule it started with.
+        # A schedule key changed on resume would make the learning rate jump: refuse it, naming the key.
+        schedule = self.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+        if not isinstance(schedule, WarmupCosine):  # a subclass with a schedule of its own
+            return
+        started = {
+            "warmup_steps": schedule.warmup_steps,
+            "min_lr_ratio": schedule.min_ratio,
+            "lr_decay_steps": schedule.decay_steps,
+        }
+        for key, value in started.items():
+            asked = self.hparams[key]
+            if asked is not None and asked != value:
+                raise ConfigError(
+                    f"model.{key}={asked}, but this run's learning rate schedule started with {value}: "
+                    f"changing it on resume makes the learning rate jump; resume with model.{key}={value}"
+                )
+        if self.global_step and self.trainer.max_steps > schedule.decay_steps:
+            rank_zero_info(
+                f"The learning rate keeps this run's schedule: cosine decay over {schedule.decay_steps} steps, "
+                f"then min_lr_ratio={schedule.min_ratio} of the peak (steps beyond it train at that rate)"
+            )
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch  # (B, T) each
