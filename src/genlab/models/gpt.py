@@ -2,8 +2,9 @@
 
     loss = -1/(B T) sum_t log p(x_{t+1} | x_{<=t})      (nats per token)
 
-reported also as bits per token (`val/bpc`: per character or byte, loss / ln 2) and perplexity
-(`val/ppl` = exp(loss)). AdamW decays only matrices (embeddings and Linear weights, not biases or
+reported also as bits per token (`val/bpt` = loss / ln 2), bits per character of the decoded text
+(`val/bpc` = total bits / characters, for every tokenizer: a BPE token holds several characters) and
+perplexity per token (`val/ppl` = exp(loss)). AdamW decays only matrices (embeddings and Linear weights, not biases or
 LayerNorm gains); the learning rate warms up linearly, then follows a cosine down to
 `min_lr_ratio` of its peak (the GPT-2/3 and nanoGPT recipe). The schedule is fixed when a run starts
 (`lr_decay_steps` null: that run's length) and kept on resume, also when resumed with more steps.
@@ -79,6 +80,15 @@ class TextGeneration:
     `sample(n)`. Shared by every module that samples a `genlab.nets.gpt.GPT` (`self.net`) with its
     `self.tokenizer` and the sampling hyperparameters `sample_prompt`, `sample_length`, `temperature`,
     `top_k`, `top_p` (GPTModule, and GPTFeedbackModule's policy)."""
+
+    def characters(self, ids: torch.Tensor) -> torch.Tensor:
+        """How many characters the tokens `ids` (any shape) decode to, summed: for bits per character.
+        A token's count is that of the UTF-8 characters its bytes start (`Tokenizer.char_counts`)."""
+        table = getattr(self, "_char_counts", None)
+        if table is None or table.device != ids.device:
+            table = torch.from_numpy(self.tokenizer.char_counts()).to(ids.device)
+            self._char_counts = table  # a plain attribute: not saved, rebuilt from the tokenizer
+        return table[ids].sum()
 
     def encode(self, text: str) -> torch.Tensor:
         """Token ids `(1, len)` on the model's device; a DataError for characters outside a char vocabulary."""
@@ -160,6 +170,7 @@ class GPTModule(TextGeneration, L.LightningModule):
         self.decayed: frozenset[str] = frozenset()  # names of the matrices, fixed before any sharding
         self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric()  # mean over tokens (and ranks) of the whole validation run
+        self.val_chars = MeanMetric()  # characters per token, over the same tokens
         self._tokens_seen, self._last_mark = 0, (0, 0.0)
         self._step_lr, self._paused, self._validation_began = 0.0, 0.0, 0.0
 
@@ -266,10 +277,19 @@ class GPTModule(TextGeneration, L.LightningModule):
             self._paused += time.perf_counter() - self._validation_began
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.val_loss.update(self.loss(batch), weight=batch[1].numel())
+        tokens = batch[1].numel()
+        self.val_loss.update(self.loss(batch), weight=tokens)
+        self.val_chars.update(self.characters(batch[1]) / tokens, weight=tokens)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # averaged over every rank's tokens
+        chars_per_token = self.val_chars.compute()
         self.val_loss.reset()
-        metrics = {"val/loss": loss, "val/bpc": loss / math.log(2), "val/ppl": loss.exp()}
+        self.val_chars.reset()
+        metrics = {
+            "val/loss": loss,
+            "val/bpc": loss / math.log(2) / chars_per_token,  # total bits / total characters
+            "val/bpt": loss / math.log(2),
+            "val/ppl": loss.exp(),
+        }
         self.log_dict(metrics, sync_dist=True)  # equal on every rank already; a no-op mean that spares a warning

@@ -16,7 +16,7 @@ The policy starts as the GPT of `init_from` (a run folder or .ckpt of `model=gpt
    dpo:  the best and the worst completion of each group are a preference pair (a tie is dropped),
          DPO's loss with `dpo_beta` (online DPO: the pairs come from the current policy).
 
-Validation keeps the base family's figures on the base data (`val/loss`, `val/bpc`, `val/ppl`: how
+Validation keeps the base family's figures on the base data (`val/loss`, `val/bpc`, `val/bpt`, `val/ppl`: how
 much the language model degraded) and adds `val/reward`, `val/reward_std` and `val/kl` (the exact
 per-token KL(policy || reference), averaged over the policy's own completions) for the same fixed
 prompts and seed every time. Sample tables with rewards (prompt | completion | reward) are written
@@ -145,7 +145,7 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         self.net_node: dict[str, Any] | None = None
         self.tokenizer: Tokenizer | None = None
         self.decayed: frozenset[str] = frozenset()
-        self.val_loss, self.val_kl = MeanMetric(), MeanMetric()
+        self.val_loss, self.val_kl, self.val_chars = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_reward, self.val_reward_sq = MeanMetric(), MeanMetric()  # E[r], E[r^2]: the spread over ranks
         self.metric_notes = {
             "reward": f"mean reward of the policy's completions ({reward['_target_']})",
@@ -348,6 +348,7 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         x, y = batch
         logits = self.net(x)
         self.val_loss.update(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), weight=y.numel())
+        self.val_chars.update(self.characters(y) / y.numel(), weight=y.numel())  # characters per token
         if batch_idx == 0:
             rewards, kl = self.evaluate_prompts(self.prompts_for(x, min(self.hparams.val_prompts, x.shape[0])))
             self.val_reward.update(rewards)
@@ -376,13 +377,14 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         mean, mean_sq = self.val_reward.compute(), self.val_reward_sq.compute()
         metrics = {
             "val/loss": loss,
-            "val/bpc": loss / math.log(2),
+            "val/bpc": loss / math.log(2) / self.val_chars.compute(),  # bits per character, as GPTModule's
+            "val/bpt": loss / math.log(2),
             "val/ppl": loss.exp(),
             "val/reward": mean,
             "val/reward_std": (mean_sq - mean**2).clamp_min(0).sqrt(),
             "val/kl": self.val_kl.compute(),
         }
-        for metric in (self.val_loss, self.val_reward, self.val_reward_sq, self.val_kl):
+        for metric in (self.val_loss, self.val_chars, self.val_reward, self.val_reward_sq, self.val_kl):
             metric.reset()
         self.log_dict(metrics, sync_dist=True)
 
