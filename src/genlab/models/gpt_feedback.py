@@ -31,6 +31,7 @@ distribution.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from pathlib import Path
@@ -43,6 +44,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchmetrics import MeanMetric
 
 from genlab import tokenizers
+from genlab.checkpoints import RESUME_ENV, is_checkpoint, load_model, read_checkpoint
 from genlab.errors import ConfigError, DataError
 from genlab.instantiate import instantiate, locate
 from genlab.models.feedback_losses import ADVANTAGES, advantages, dpo_loss, kl_k3, policy_gradient_loss
@@ -50,8 +52,6 @@ from genlab.models.gpt import TOKENIZER_KEY, TextGeneration, check_sampling
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.models.step_logs import log_train_step
 from genlab.nets.gpt import GPT
-from genlab.rewards import accepts_prompts
-from genlab.run import RESUME_ENV, is_checkpoint, load_model, read_checkpoint
 from genlab.tokenizers import Tokenizer
 
 NET_KEY = "gpt_feedback_net"  # where a checkpoint keeps the policy's net node (the base GPT's, vocab_size aside)
@@ -69,6 +69,13 @@ def resolve_init_from(init_from: str) -> Path:
             f"model.init_from: no checkpoint at '{path}' (give a GPT run folder or .ckpt, e.g. logs/gpt/<run>)"
         )
     return path
+
+
+def names_prompts(reward: Any) -> bool:
+    try:
+        return "prompts" in inspect.signature(reward).parameters
+    except (TypeError, ValueError):  # a callable without a signature: the plain contract
+        return False
 
 
 def completion_logprobs(net: GPT, tokens: torch.Tensor, prompt_length: int, temperature: float) -> torch.Tensor:
@@ -138,8 +145,9 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         check_sampling(temperature, top_k, top_p)
         self.save_hyperparameters()
         self.reward_fn = instantiate(reward, "model.reward")
-        # the function itself: instantiate's partial hides its signature; prompts go to those that name them
-        self.reward_takes_prompts = accepts_prompts(locate(reward["_target_"]))
+        # a reward naming `prompts` is given each completion's prompt text (genlab.rewards); read on the
+        # function itself, since instantiate's partial hides its signature
+        self.reward_takes_prompts = names_prompts(locate(reward["_target_"]))
         self.net: GPT | None = None  # the policy
         self.reference: GPT | None = None  # frozen; in the state_dict, never in the optimizer
         self.net_node: dict[str, Any] | None = None
