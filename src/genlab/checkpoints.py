@@ -67,7 +67,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
     checkpoint = read_checkpoint(ckpt_path)
     if "genlab" not in checkpoint:
         raise ConfigError(f"{ckpt_path} is not a genlab checkpoint (no 'genlab' entry with its config)")
-    model = instantiate(checkpoint["genlab"]["config"]["model"])
+    model = instantiate(checkpoint["genlab"]["config"]["model"], "model")
     model.on_load_checkpoint(checkpoint)  # as Lightning does: a model may restore what builds it (GPT's vocabulary)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(map_location).eval()
