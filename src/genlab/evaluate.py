@@ -121,9 +121,8 @@ def check_test_split(datamodule: ImageDataModule) -> torch.Tensor:
     figures (the cause is the run's split, not the number of samples)."""
     real_test = split_tensors(datamodule, "test")[0]
     fraction = getattr(datamodule, "test_fraction", None)
-    check_count(
-        len(real_test), f"test images (the run's test split, data.test_fraction={fraction})", advice=TEST_ADVICE
-    )
+    split = "the run's test split" + (f", data.test_fraction={fraction}" if fraction is not None else "")
+    check_count(len(real_test), f"test images ({split})", advice=TEST_ADVICE)
     return real_test
 
 
