@@ -5,9 +5,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
+from genlab import evaluate
 from genlab.config import compose
 from genlab.evaluate import main
+from genlab.instantiate import instantiate
 from genlab.train import train
 
 
@@ -59,3 +62,86 @@ def test_gpt_eval_reports_loss_bits_per_char_and_perplexity(tmp_path_factory, ca
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-5)
     assert "fid" not in metrics
     assert "no test split" in capsys.readouterr().out
+
+
+VAE = ("model=vae", "model.encoder.hidden_features=[64,32]", "trainer=debug")
+TINY_DIFFUSION = ("model.net.base_channels=8", "model.net.channel_mults=[1,2]", "model.net.num_heads=2")
+
+
+class PoolFeatures(torch.nn.Module):
+    """Stands for Inception's pool features (no weights file here): a fixed projection, no classifier head."""
+
+    num_features = 16
+    key = "pool-features-eval-test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 16)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1).float())
+
+
+def test_conditional_model_with_inception_like_features_samples_on_the_requested_device(
+    tmp_path_factory, cache: Path, monkeypatch, capsys
+) -> None:
+    """D1: the default (conditional) diffusion model scored with features that have no classifier head:
+    FID and the rest are written, per-label accuracy is skipped with a note. D3: trainer.validate()'s
+    teardown moves the module to the CPU; evaluate moves it back to the requested device before it
+    samples (on a CPU-only machine every device is the CPU, so the moves themselves are recorded)."""
+    run = _run(tmp_path_factory, "model=diffusion", *TINY_DIFFUSION, "model.sample_steps=4", "trainer=debug")
+    moves: list[str] = []
+    at_draw: list[tuple[list[str], torch.device]] = []
+    real_load, real_draw = evaluate.load, evaluate.draw
+
+    def recording_load(*args, **kwargs):
+        model, ckpt, config = real_load(*args, **kwargs)
+        to, cpu = model.to, model.cpu
+        model.cpu = lambda: (moves.append("cpu"), cpu())[1]  # what Lightning's teardown calls
+        model.to = lambda *a, **k: (moves.append(f"to {torch.device(*a)}"), to(*a, **k))[1]
+        return model, ckpt, config
+
+    def recording_draw(model, *args, **kwargs):
+        at_draw.append((list(moves), model.device))
+        return real_draw(model, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "load", recording_load)
+    monkeypatch.setattr(evaluate, "draw", recording_draw)
+    monkeypatch.setattr(evaluate, "make_features", lambda *args: PoolFeatures())
+    assert main([str(run), "n=100", "device=cpu", f"cache_dir={cache}"]) == 0
+    ((moves_before_draw, device),) = at_draw
+    assert "cpu" in moves_before_draw  # validate() did move it (the premise)
+    after_validate = moves_before_draw[len(moves_before_draw) - moves_before_draw[::-1].index("cpu") :]
+    assert "to cpu" in after_validate and device == torch.device("cpu")  # moved back to the requested device
+    report = json.loads((run / "eval.json").read_text())
+    assert math.isfinite(report["metrics"]["fid"]) and math.isfinite(report["metrics"]["real_test/fid"])
+    assert not any(key.startswith("accuracy") for key in report["metrics"])
+    assert "per-label accuracy skipped" in report["skipped"]
+    assert "per-label accuracy skipped" in capsys.readouterr().out
+
+
+def test_test_figures_cover_the_whole_test_split_whatever_the_runs_limit_val_batches(tmp_path_factory) -> None:
+    """trainer=debug validates 2 batches while training; the reported test/... figures use them all."""
+    run = _run(tmp_path_factory, *VAE, "data.batch_size=32")
+    model, _, config = evaluate.load(run, "cpu")
+    assert config["trainer"]["limit_val_batches"] == 2
+    datamodule = instantiate(config["data"])
+    datamodule.setup("fit")
+    scored: list[int] = []
+    step = model.validation_step
+    model.validation_step = lambda batch, batch_idx: (scored.append(len(batch[0])), step(batch, batch_idx))[1]
+    figures, split = evaluate.family_figures(model, datamodule, config, seed=0)
+    assert split == "test" and sum(scored) == len(datamodule.splits["test"]) > 2 * 32
+    assert math.isfinite(figures["test/nll"])
+
+
+def test_a_too_small_test_split_is_refused_before_any_work(tmp_path_factory, cache: Path, monkeypatch, capsys) -> None:
+    run = _run(tmp_path_factory, *VAE, "data.test_fraction=0.05")  # 90 of the 1,797 digits
+    work: list[str] = []
+    monkeypatch.setattr(evaluate, "draw", lambda *a, **k: work.append("draw"))
+    monkeypatch.setattr(evaluate, "family_figures", lambda *a, **k: work.append("validate"))
+    assert main([str(run), "n=100", f"cache_dir={cache}"]) == 2
+    err = capsys.readouterr().err
+    assert "90 test images" in err and "data.test_fraction=0.05" in err and "number of samples" not in err
+    assert err.count("\n") == 1 and not work and not (run / "eval.json").exists()

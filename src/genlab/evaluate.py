@@ -4,13 +4,15 @@
 
 Two parts, each where it applies (the family contract, nothing family-specific):
 - the family's own validation figures (`val/...`: loss, nll, bits/dim, bits/char, perplexity) computed
-  on the TEST split by running its `validation_step` there (text data has no test split: then the
-  validation text, said so);
+  on the whole TEST split by running its `validation_step` there (text data has no test split: then the
+  validation text, said so), whatever `trainer.limit_val_batches` the run trained with;
 - for data with a domain score (`score(samples, split)`: code, music, molecules), that score of `n` seeded
   samples, as `<split>/<key>`;
 - for image families, `genlab.metrics.image_metrics` of `n` seeded samples against the training
   images (FID, KID, precision/recall/density/coverage, memorisation, per-label accuracy when
-  conditional), beside the same figures for the held-out test images (`real_test/...`: the floor).
+  conditional and the features have a classifier head: not Inception's), beside the same figures
+  for the held-out test images (`real_test/...`: the floor). Too few samples or test images (100) are
+  refused before any work.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import torch
 from genlab.data.images import ImageDataModule
 from genlab.errors import ConfigError, GenlabError
 from genlab.instantiate import instantiate
-from genlab.metrics import check_count, image_metrics, make_features, split_tensors
-from genlab.sample import BATCH_SIZE, class_labels, draw, is_conditional, load, num_classes
+from genlab.metrics import check_count, has_classifier_head, image_metrics, make_features, split_tensors
+from genlab.metrics.image import NO_CLASSIFIER_HEAD, TEST_ADVICE
+from genlab.sample import load
+from genlab.sampling import BATCH_SIZE, class_labels, draw, is_conditional, num_classes
 
 OPTIONS: dict[str, tuple[type, str]] = {
     "run": (str, "run folder (its checkpoints/last.ckpt) or a .ckpt file"),
@@ -90,24 +94,37 @@ class SplitAsValidation(L.LightningDataModule):
 def family_figures(
     model: L.LightningModule, datamodule: L.LightningDataModule, config: dict[str, Any], seed: int
 ) -> tuple[dict[str, float], str]:
-    """The family's `val/...` figures on the test split (or validation, for data without one), renamed
-    `<split>/...`; and the split's name."""
+    """The family's `val/...` figures on the WHOLE test split (or validation, for data without one),
+    renamed `<split>/...`; and the split's name. The model is left on its device, in eval mode."""
     data = SplitAsValidation(datamodule)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: ..." banner
-    limit = config.get("trainer", {}).get("limit_val_batches")  # GPT: the same fixed windows as in training
+    device = model.device
+    # Not the run's trainer.limit_val_batches: that made training's validation cheap (trainer=debug: 2
+    # batches), while a reported test figure covers every test image (text: every window, in order).
     trainer = L.Trainer(
-        accelerator=model.device.type,
+        accelerator=device.type,
         devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        limit_val_batches=limit if limit is not None else 1.0,
+        limit_val_batches=1.0,
     )
     L.seed_everything(seed, verbose=False)  # the VAE's importance samples are random
     (logged,) = trainer.validate(model, datamodule=data, verbose=False)
+    model.to(device)  # validate()'s teardown moved the module to the CPU: sample and score where asked
     model.eval()  # validate() leaves the module in train mode
     return {f"{data.split}/{key.removeprefix('val/')}": float(v) for key, v in logged.items()}, data.split
+
+
+def check_test_split(datamodule: ImageDataModule) -> torch.Tensor:
+    """The test images `(N, C, H, W)`, refused before any work when too few for the held-out
+    figures (the cause is the run's split, not the number of samples)."""
+    real_test = split_tensors(datamodule, "test")[0]
+    fraction = getattr(datamodule, "test_fraction", None)
+    split = "the run's test split" + (f", data.test_fraction={fraction}" if fraction is not None else "")
+    check_count(len(real_test), f"test images ({split})", advice=TEST_ADVICE)
+    return real_test
 
 
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
@@ -117,10 +134,12 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     model, ckpt, config = load(args["run"], args.get("device"))
     datamodule = instantiate(config["data"])
     report: dict[str, Any] = {"checkpoint": str(ckpt), "model": type(model).__name__, "seed": seed}
+    if isinstance(datamodule, ImageDataModule):  # refusals that need no work come first
+        check_count(n, "samples (n=)")
+        real_test = check_test_split(datamodule)
     metrics, split = family_figures(model, datamodule, config, seed)
     report["split"] = split
     if isinstance(datamodule, ImageDataModule):  # image data: score samples too
-        check_count(n, "samples (n=)")
         cache_dir = args.get("cache_dir") or "data"
         features = make_features(datamodule, args.get("feature_extractor_weights_path"), cache_dir)
         features.to(model.device)
@@ -128,7 +147,7 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         samples = draw(model, n, seed, labels, args.get("batch_size") or BATCH_SIZE)
         if not isinstance(samples, torch.Tensor):
             raise ConfigError(f"{type(model).__name__}.sample() returned {type(samples).__name__}, not images")
-        real_train, real_test = split_tensors(datamodule, "train")[0], split_tensors(datamodule, "test")[0]
+        real_train = split_tensors(datamodule, "train")[0]
         scores = image_metrics(
             samples, real_train, real_test, labels, features=features, seed=seed, cache_dir=cache_dir
         )
@@ -140,6 +159,8 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
             if hasattr(features, "test_accuracy")
             else "Inception-v3 pool3 (2048-d)"
         )
+        if labels is not None and not has_classifier_head(features):
+            report["skipped"] = NO_CLASSIFIER_HEAD
     elif hasattr(datamodule, "score"):  # text-like data with a domain score (code, music, molecules)
         samples = draw(model, n, seed, None, args.get("batch_size") or BATCH_SIZE)
         metrics |= {
@@ -175,6 +196,8 @@ def table(report: dict[str, Any]) -> str:
     per_label = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
     if per_label:
         lines.append("per-label accuracy: " + ", ".join(f"{k.split('/')[1]}: {v:.2f}" for k, v in per_label.items()))
+    if "skipped" in report:
+        lines.append(report["skipped"])
     if report["split"] == "val":
         lines.append("(this data has no test split: the family's figures are on the validation split)")
     lines.append(f"wrote {report['written']}")

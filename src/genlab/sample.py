@@ -7,7 +7,7 @@ an image folder to train on (synthetic data).
 
 The model is rebuilt from the checkpoint alone (`genlab.load_model`: its config travels inside it;
 EMA weights are in the state_dict of families that keep them). The same command gives the same
-samples: one seeded RNG stream, drawn in fixed batches of `batch_size`.
+samples: one seeded RNG stream, drawn in fixed batches of `batch_size` (`genlab.sampling.draw`).
 
 Options reach the model only if its method takes them (the family contract):
     images:      sample(n, labels=<(n,) int64>, steps=<int>, guidance=<float>, temperature=<float>)
@@ -17,7 +17,6 @@ anything else is a one-line error naming what the family accepts.
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -32,6 +31,15 @@ from torchvision.utils import make_grid, save_image
 from genlab.errors import ConfigError, GenlabError
 from genlab.instantiate import instantiate
 from genlab.run import load_model, read_checkpoint
+from genlab.sampling import (  # the seeded loop, below the commands (the metrics callback shares it)
+    BATCH_SIZE,
+    accepts,
+    check_options,
+    class_labels,
+    draw,
+    is_conditional,
+    num_classes,
+)
 
 # Command-line options: type, help. The model-facing ones go to sample()/generate() by the same name
 # ("label" as `labels`, one per sample).
@@ -51,7 +59,6 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "device": (str, "cpu, cuda, ... (default: cuda when available)"),
 }
 MODEL_OPTIONS = ("steps", "guidance", "temperature")
-BATCH_SIZE = 500
 
 
 def resolve_checkpoint(run: str | Path) -> Path:
@@ -85,66 +92,6 @@ def load(run: str | Path, device: str | None = None) -> tuple[L.LightningModule,
     return model, path, checkpoint_config(path)
 
 
-def num_classes(model: L.LightningModule, config: dict[str, Any]) -> int:
-    return int(model.hparams.get("num_classes") or config.get("data", {}).get("num_classes") or 0)
-
-
-def accepts(method: Any) -> set[str]:
-    return set(inspect.signature(method).parameters)
-
-
-def is_conditional(model: L.LightningModule) -> bool:
-    """Does the model draw for given labels? Its `sample()` takes `labels` and, when the family can be
-    either (diffusion, GAN), its `conditional` attribute says which this model is."""
-    return "labels" in accepts(model.sample) and bool(getattr(model, "conditional", True))
-
-
-def _check_options(method: Any, family: str, options: dict[str, Any]) -> None:
-    taken = accepts(method)
-    for name in options:
-        if name not in taken:
-            offered = ", ".join(p for p in taken if p != "self") or "nothing"
-            raise ConfigError(
-                f"{name}: the {family} family's {method.__name__}() does not take it (it takes: {offered})"
-            )
-
-
-@torch.no_grad()
-def draw(
-    model: L.LightningModule,
-    n: int,
-    seed: int = 0,
-    labels: torch.Tensor | None = None,
-    batch_size: int = BATCH_SIZE,
-    **options: Any,
-) -> torch.Tensor | list[str]:
-    """`n` samples from one RNG stream seeded with `seed`, `batch_size` at a time. `labels` `(n,)`
-    for conditional families; `options` (steps, guidance, temperature) only those `sample` takes."""
-    if n < 1:
-        raise ConfigError(f"n: the number of samples must be at least 1, got {n}")
-    family = type(model).__name__.removesuffix("Module").lower()
-    options = {k: v for k, v in options.items() if v is not None}
-    if labels is not None:
-        options["labels"] = labels
-    _check_options(model.sample, family, options)
-    was_training = model.training
-    model.eval()
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # the caller's RNG (a training run's) is left as it was
-        torch.manual_seed(seed)
-        parts = []
-        for start in range(0, n, batch_size):
-            size = min(batch_size, n - start)
-            part_options = dict(options)
-            if labels is not None:
-                part_options["labels"] = labels[start : start + size].to(model.device)
-            parts.append(model.sample(size, **part_options))
-    model.train(was_training)
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts).float().cpu()
-    return [text for part in parts for text in part]
-
-
 @torch.no_grad()
 def generate_text(model: L.LightningModule, n: int, seed: int, **options: Any) -> list[str]:
     """`n` texts from `generate(prompt, max_new_tokens, temperature)`, one seeded stream."""
@@ -157,19 +104,10 @@ def generate_text(model: L.LightningModule, n: int, seed: int, **options: Any) -
         "max_new_tokens": options.pop("length", None) or hparams.get("sample_length", 256),
     }
     kwargs |= {k: v for k, v in options.items() if v is not None}
-    _check_options(model.generate, family, kwargs)
+    check_options(model.generate, family, kwargs)
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
         return [model.generate(**kwargs) for _ in range(n)]
-
-
-def class_labels(n: int, classes: int, label: int | None) -> torch.Tensor:
-    """`label` for every sample, or the classes in turn (0, 1, ..., 0, 1, ...)."""
-    if label is not None:
-        if not 0 <= label < classes:
-            raise ConfigError(f"label: {label} is not one of this model's classes 0..{classes - 1}")
-        return torch.full((n,), label, dtype=torch.long)
-    return torch.arange(n) % classes
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:

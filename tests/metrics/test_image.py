@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -7,7 +10,8 @@ import torch
 from torchmetrics.image import FrechetInceptionDistance
 
 from genlab.errors import DataError
-from genlab.metrics import ClassifierFeatures, image_metrics
+from genlab.metrics import ClassifierFeatures, has_classifier_head, image_metrics, memorisation, nearest_distance
+from genlab.metrics.image import reference_features
 
 
 def test_fid_small_for_the_test_split_and_large_for_noise(features: ClassifierFeatures, digits, cache_dir) -> None:
@@ -64,3 +68,99 @@ def test_samples_of_another_shape_are_refused(features: ClassifierFeatures, digi
 def test_real_features_are_cached(features: ClassifierFeatures, digits, cache_dir: Path) -> None:
     image_metrics(digits["test"][0], digits["train"][0], features=features, cache_dir=cache_dir)
     assert list((cache_dir / "metrics").glob("features-*.pt"))
+
+
+class PoolFeatures(torch.nn.Module):
+    """Stands for Inception's pool features: a fixed projection, a cache key, and no classifier head."""
+
+    num_features = 16
+    key = "pool-features-test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 16)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.zeros_(self.proj.bias)  # the same net in every instance (two writers, one cache key)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1).float())
+
+
+def test_labels_with_features_without_a_classifier_head_skip_accuracy_with_a_note(digits, caplog) -> None:
+    images, labels = digits["test"]
+    features = PoolFeatures()
+    assert not has_classifier_head(features)
+    with caplog.at_level(logging.WARNING, logger="genlab.metrics.image"):
+        scores = image_metrics(images, digits["train"][0], images, labels, features=features, cache_dir=None)
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage", "real_test/fid"):
+        assert math.isfinite(scores[key]), key
+    assert not any(key.startswith("accuracy") for key in scores)
+    assert "per-label accuracy skipped" in caplog.text and "no classifier head" in caplog.text
+
+
+def test_a_too_small_test_split_is_refused_before_any_feature_and_names_the_split(digits) -> None:
+    calls = []
+
+    class Counting(PoolFeatures):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            return super().forward(x)
+
+    with pytest.raises(DataError) as err:
+        image_metrics(digits["train"][0][:200], digits["train"][0], digits["test"][0][:50], features=Counting())
+    message = str(err.value)
+    assert "50 test images are too few" in message and "data.test_fraction" in message
+    assert "number of samples" not in message  # the advice of too few samples (n=) was the wrong one
+    assert not calls
+
+
+def test_nn_dist_ratio_of_fresh_data_is_about_one_beyond_the_calibration_subset() -> None:
+    """Real and sampled images are measured against the same reference (the whole training set): with
+    more than the 2,000 calibration images, fresh data from the same distribution still score ~1
+    (0.90 at 8,000 images when the real images were measured against a 2,000-image subset)."""
+    generator = torch.Generator().manual_seed(0)
+    train = torch.rand(8000, 1, 4, 4, generator=generator) * 2 - 1
+    fresh = torch.rand(1000, 1, 4, 4, generator=generator) * 2 - 1  # new draws, not copies
+    scores = memorisation(fresh, train)
+    assert 0.95 < scores["nn_dist_ratio"] < 1.05
+    assert scores["near_copies"] < 0.01
+    held_out = memorisation(train[:1000], train[1000:])  # real against real: the same figure
+    assert 0.95 < held_out["nn_dist_ratio"] < 1.05
+
+
+def test_nearest_distance_skips_each_subset_image_itself() -> None:
+    reference = torch.tensor([0.0, 1.0, 3.0, 7.0]).view(4, 1, 1, 1)
+    subset = torch.tensor([3, 1])
+    distances = nearest_distance(reference[subset], reference, skip=subset)
+    assert distances.tolist() == [4.0, 1.0]  # 7 -> 3, 1 -> 0: never 0 to itself
+
+
+def test_two_writers_of_one_cache_file_both_succeed(tmp_path: Path, monkeypatch) -> None:
+    """Two ranks caching the same features at once. Each writer is held after writing its temporary
+    file until the other has written its own, then both rename: with one shared `.tmp` name the second
+    rename found no file (FileNotFoundError)."""
+    images = torch.zeros(300, 1, 8, 8)
+    both_written = threading.Barrier(2, timeout=60)  # the timeout only unblocks a failed run
+    real_save = torch.save
+
+    def save_then_wait(obj, file, *args, **kwargs) -> None:
+        real_save(obj, file, *args, **kwargs)
+        both_written.wait()
+
+    monkeypatch.setattr(torch, "save", save_then_wait)
+    errors: list[BaseException] = []
+    results: list[torch.Tensor] = []
+
+    def writer() -> None:
+        try:
+            results.append(reference_features(PoolFeatures(), images, tmp_path))
+        except BaseException as err:
+            errors.append(err)
+            both_written.abort()
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    [thread.start() for thread in threads]
+    [thread.join() for thread in threads]
+    assert not errors, errors
+    (cached,) = (tmp_path / "metrics").iterdir()  # one file, no temporary left behind
+    assert cached.suffix == ".pt" and torch.equal(torch.load(cached, weights_only=True), results[0])

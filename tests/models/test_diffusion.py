@@ -115,6 +115,9 @@ def test_the_ema_exports_alone_as_a_plain_unet() -> None:
         ("diffusion", ("model.net.conditioning=null", "model.guidance=1.0"), {"guidance": 3.0}, "sample(guidance"),
         ("diffusion", (), {"labels": [3, 10]}, "label 10 is outside the data's classes 0..9 (data.num_classes=10)"),
         ("diffusion", (), {"steps": 2000}, "sample(steps=...) must be in 1..1000"),
+        ("diffusion", (), {"steps": 0}, "sample(steps=...) must be in 1..1000"),  # not silently the 50 configured
+        ("diffusion", (), {"steps": 0, "sampler": "ddpm"}, "sample(steps=...): ancestral DDPM runs all 1000"),
+        ("flow_matching", (), {"steps": 0}, "sample(steps=...) must be at least 1, got 0"),
     ],
 )
 def test_bad_input_is_a_config_error_naming_the_key(family, overrides, call, message: str) -> None:
@@ -122,6 +125,21 @@ def test_bad_input_is_a_config_error_naming_the_key(family, overrides, call, mes
         model = _model(family, *overrides)
         if call is not None:
             model.sample(2, **call)
+
+
+@pytest.mark.parametrize("family", ["diffusion", "flow_matching"])
+def test_clip_x0_false_leaves_samples_unclipped_and_true_clips_them(family: str) -> None:
+    """model.process.clip_x0=false (latents) is honoured by sample(), not undone by a clamp of its own."""
+    outputs = {}
+    target = ("model.process.prediction=x0",) if family == "diffusion" else ()  # flow: the velocity
+    for clip in (True, False):
+        model = _model(family, *target, f"model.process.clip_x0={clip}")
+        with torch.no_grad():  # the net outputs 3 everywhere: x0 = 3 (diffusion), or x0 = noise - 3 (flow)
+            model.ema.shadow.out[-1].bias.fill_(3.0)
+        torch.manual_seed(0)
+        outputs[clip] = model.sample(4, steps=3)
+    assert outputs[True].abs().max() <= 1
+    assert outputs[False].abs().max() > 2  # far outside [-1, 1]: nothing clamped it
 
 
 # Short real runs through the entrypoint, with the tiny net and a few steps per epoch.

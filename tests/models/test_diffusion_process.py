@@ -160,3 +160,18 @@ def test_flow_t_samplers() -> None:
 def test_bad_settings_name_the_key(build, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build()
+
+
+@pytest.mark.parametrize(
+    ("process", "sampler"), [(GaussianDiffusion(num_timesteps=10), "ddim"), (RectifiedFlow(), "euler")]
+)
+def test_zero_steps_are_refused_not_read_as_the_default(process, sampler: str) -> None:
+    calls = []
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return torch.zeros_like(x)
+
+    with pytest.raises(ConfigError, match="got 0"):
+        process.sample(denoise, torch.randn(1, 1, 2, 2), sampler, steps=0)
+    assert not calls

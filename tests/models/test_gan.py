@@ -209,3 +209,29 @@ def test_conditional_gan_on_unlabelled_images_is_one_line(tmp_path: Path, log_di
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "model.conditional=true needs labelled data" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "labels", "message"),
+    [
+        (("model.conditional=true",), [3, 10], "label 10 is outside the data's classes 0..9"),
+        (("model.conditional=true",), [-1, 2], "label -1 is outside the data's classes 0..9"),
+        (("model.conditional=true",), [1, 2, 3], "got 3 labels for n=2 samples"),
+        ((), [3, 3], "the model is unconditional (model.conditional=false)"),  # not silently ignored
+    ],
+)
+def test_sample_labels_are_checked_as_the_diffusion_family_does(overrides, labels, message: str) -> None:
+    model = _gan(*overrides).eval()
+    with pytest.raises(ConfigError) as err:
+        model.sample(2, labels=torch.tensor(labels))
+    assert message in str(err.value) and "sample(labels=...)" in str(err.value)
+
+
+def test_conditional_sample_honours_valid_labels() -> None:
+    torch.manual_seed(0)
+    model = _gan("model.conditional=true").eval()
+    torch.manual_seed(1)
+    sevens = model.sample(3, labels=[7, 7, 7])
+    torch.manual_seed(1)
+    ones = model.sample(3, labels=torch.tensor([1, 1, 1]))
+    assert sevens.shape == (3, 1, 8, 8) and not torch.equal(sevens, ones)  # the label reaches G

@@ -11,7 +11,8 @@ The API (what a family, a callback or a script calls):
     # {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage",
     #  "nn_dist", "nn_dist_ratio", "near_copies", "near_copy_threshold", "n", "seed",
     #  "real_test/<same>" (the held-out images' own figures: the floor at their N),
-    #  "accuracy", "accuracy/<label>" (with labels: the class each sample was generated for)}
+    #  "accuracy", "accuracy/<label>" (with labels: the class each sample was generated for; only
+    #  with a classifier head, `has_classifier_head(feats)`: Inception's features skip it with a note)}
 
 - images are `(N, C, H, W)` in [-1, 1] (the family contract); `split_tensors(datamodule, "train")`
   gives a data module's split as tensors.
@@ -42,6 +43,7 @@ from genlab.metrics.image import (
     check_count,
     extract,
     fid_kid,
+    has_classifier_head,
     image_metrics,
     label_accuracy,
     memorisation,
@@ -60,6 +62,7 @@ __all__ = [
     "digits_features",
     "extract",
     "fid_kid",
+    "has_classifier_head",
     "image_metrics",
     "label_accuracy",
     "make_features",

@@ -6,10 +6,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from genlab.errors import ConfigError
 from genlab.metrics.features import make_features, split_tensors
-from genlab.metrics.image import MIN_SAMPLES, check_count, image_metrics
+from genlab.metrics.image import MIN_SAMPLES, NO_CLASSIFIER_HEAD, check_count, has_classifier_head, image_metrics
+from genlab.sampling import class_labels, draw, is_conditional
 
 LOGGED = ("fid", "kid", "precision", "recall", "density", "coverage", "near_copies", "nn_dist_ratio", "accuracy")
 
@@ -17,7 +19,8 @@ LOGGED = ("fid", "kid", "precision", "recall", "density", "coverage", "near_copi
 class SampleMetrics(L.Callback):
     """Every `every_n_epochs` validation epochs, draws `num_samples` with a fixed seed and logs
     `val/fid`, `val/kid`, `val/precision`, `val/recall`, `val/density`, `val/coverage`,
-    `val/near_copies`, `val/nn_dist_ratio` (and `val/accuracy` for conditional models), so a sweep
+    `val/near_copies`, `val/nn_dist_ratio` (and `val/accuracy` for conditional models scored with the
+    classifier features: Inception's have no classifier head, so no accuracy then), so a sweep
     or a checkpoint can monitor `val/fid`. `every_n_epochs` null: off (the default: it costs a
     sampling pass). The feature net and the real features are made once, at the first evaluation.
 
@@ -59,12 +62,12 @@ class SampleMetrics(L.Callback):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        from genlab.sample import class_labels, draw, is_conditional  # the sampling command's own drawing
-
         datamodule = trainer.datamodule
         if self._features is None:
             self._features = make_features(datamodule, self.weights_path, self.cache_dir)
             self._real = split_tensors(datamodule, "train")[0]
+            if is_conditional(pl_module) and not has_classifier_head(self._features):
+                rank_zero_warn(f"callbacks.sample_metrics: {NO_CLASSIFIER_HEAD} (no val/accuracy)")
         self._features.to(pl_module.device)
         labels = None
         if is_conditional(pl_module):
@@ -72,8 +75,9 @@ class SampleMetrics(L.Callback):
         samples = draw(pl_module, self.num_samples, self.seed, labels)
         if not isinstance(samples, torch.Tensor):
             raise ConfigError("callbacks.sample_metrics: this family samples text, not images; set every_n_epochs=null")
+        scored_labels = labels if has_classifier_head(self._features) else None  # said once, above
         scores: dict[str, Any] = image_metrics(
-            samples, self._real, labels=labels, features=self._features, seed=self.seed, cache_dir=self.cache_dir
+            samples, self._real, labels=scored_labels, features=self._features, seed=self.seed, cache_dir=self.cache_dir
         )
         logged = {f"val/{k}": float(scores[k]) for k in LOGGED if k in scores}
         pl_module.log_dict(logged, sync_dist=True)  # equal on every rank: a no-op mean

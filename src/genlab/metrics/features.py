@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,21 @@ def split_tensors(datamodule: Any, split: str) -> tuple[torch.Tensor, torch.Tens
         raise DataError(f"the {split} split is empty: raise data.{split}_fraction")
     images, labels = dataset[list(range(len(dataset)))]  # image datasets index with a list: one gather
     return images.float(), labels.long()
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """`torch.save(obj, path)` through a temporary file of this writer's own beside `path`, then an
+    atomic rename: ranks of a DDP run (every rank scores) and parallel runs write the same cache file
+    at once, and a shared `.tmp` name let one writer's rename take the file from under another's.
+    The contents are the same, so the last rename wins harmlessly; a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # unique per writer (host, process, thread), as the text cache's `private_temp_path`
+    temp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        torch.save(obj, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _digest(*tensors: torch.Tensor, extra: str = "") -> str:
@@ -116,10 +134,8 @@ def classifier_features(datamodule: Any, cache_dir: str | Path = "data") -> Clas
         accuracy = classifier_accuracy(net, test_images, test_labels)
         with torch.no_grad():
             scale = net.features(images).square().mean().sqrt().item()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"state_dict": net.state_dict(), "test_accuracy": accuracy, "scale": scale, "recipe": recipe}, tmp)
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+        saved = {"state_dict": net.state_dict(), "test_accuracy": accuracy, "scale": scale, "recipe": recipe}
+        save_atomically(saved, path)
     log.info("Feature classifier %s: test accuracy %.2f%% (%d test images)", path, 100 * accuracy, len(test_images))
     return ClassifierFeatures(net, image_size, channels, f"classifier-{key}", accuracy, scale)
 

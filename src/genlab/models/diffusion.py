@@ -144,12 +144,14 @@ class DiffusionModule(L.LightningModule):
         sampler: str | None = None,
         eta: float | None = None,
     ) -> torch.Tensor:
-        """`n` images `(n, C, H, W)` in [-1, 1] from the EMA weights. A conditional model given no
-        labels draws the classes in turn (0, 1, 2, ...). `steps`, `guidance`, `sampler` and `eta`
-        default to the config's."""
+        """`n` images `(n, C, H, W)` from the EMA weights, in [-1, 1] unless `model.process.clip_x0`
+        is false. A conditional model given no labels draws the classes in turn (0, 1, 2, ...).
+        `steps`, `guidance`, `sampler` and `eta` default to the config's; steps < 1 is refused."""
         hp = self.hparams
         sampler, eta = sampler or hp.sampler, hp.eta if eta is None else eta
-        steps = steps or (hp.sample_steps if sampler == hp.sampler else None)
+        if steps is None:  # not `steps or ...`: steps=0 is refused below, not turned into the default
+            steps = self.process.num_timesteps if sampler == "ddpm" else hp.sample_steps  # DDPM: every timestep
+        self.process.check_sampler(sampler, steps, key="sample(steps=...)")
         guidance = hp.guidance if guidance is None else guidance
         self._check_guidance(guidance, "sample(guidance=...)")
         if labels is not None:
@@ -172,10 +174,8 @@ class DiffusionModule(L.LightningModule):
             cond, uncond = net(torch.cat([x, x]), torch.cat([time, time]), torch.cat([labels, null])).chunk(2)
             return uncond + guidance * (cond - uncond)
 
-        if steps is None:
-            steps = getattr(self.process, "num_timesteps", None) if sampler == "ddpm" else hp.sample_steps
-        self.process.check_sampler(sampler, steps, key="sample(steps=...)")
-        return self.process.sample(denoise, noise, sampler=sampler, steps=steps, eta=eta).clamp(-1, 1)
+        # In [-1, 1] when model.process.clip_x0 (pixels, the default); unclipped when false (latents).
+        return self.process.sample(denoise, noise, sampler=sampler, steps=steps, eta=eta)
 
     # --- anomaly score (genlab.apps.scores asks every family for one) -------------------------------
 

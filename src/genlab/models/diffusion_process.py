@@ -167,7 +167,7 @@ class GaussianDiffusion:
         """From x_T = `noise` to x0. ddpm: Ho et al. 2020 Algorithm 2 with the posterior of eq. 6-7
         (variance beta-tilde); ddim: Song et al. 2021 eq. 12 with sigma of eq. 16 (eta = 0
         deterministic, eta = 1 the DDPM posterior on the same grid)."""
-        steps = steps or self.num_timesteps
+        steps = self.num_timesteps if steps is None else steps  # 0 is refused, not read as "the default"
         self.check_sampler(sampler, steps)
         grid = self.timesteps(steps).tolist()
         ab = self.alphas_cumprod
@@ -268,7 +268,7 @@ class RectifiedFlow:
         """Integrate dx/dt = v(x, t) from t = 1 (`noise`) to t = 0 with `steps` steps: Euler, or Heun
         (Karras et al. 2022, arXiv:2206.00364, Algorithm 1: a trapezoid correction on every step but
         one landing on t = 0, so 2 * steps - 1 net calls). `eta` is unused (no stochastic flow sampler)."""
-        steps = steps or 50
+        steps = 50 if steps is None else steps  # 0 is refused, not read as "the default"
         self.check_sampler(sampler, steps)
         times = self.times(steps).tolist()
         x = noise
