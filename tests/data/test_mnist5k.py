@@ -136,3 +136,12 @@ def test_feature_classifier_is_trained_once_cached_and_accurate(tmp_path: Path) 
     again = classifier_features(Mnist5kDataModule(), tmp_path)  # loaded, not trained again
     x = torch.rand(4, 1, 28, 28) * 2 - 1
     torch.testing.assert_close(again(x), features(x))
+
+
+@pytest.mark.parametrize("model", ["vae", "flow", "diffusion", "flow_matching", "gan"])
+def test_every_image_family_takes_28px_digits_by_config(model: str, tmp_path: Path) -> None:
+    """The family defaults (sized for 8x8) build at 28x28 from `${data.image_size}` and train a step."""
+    argv = [f"model={model}", "data=mnist5k", "trainer=debug", "callbacks=none", f"log_dir={tmp_path}"]
+    argv += ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    argv += ["data.batch_size=4"]
+    assert main(argv) == 0
