@@ -3,5 +3,6 @@
 from genlab.data.digits import DigitsDataModule
 from genlab.data.image_folder import ImageFolderDataModule
 from genlab.data.mnist import MNISTDataModule
+from genlab.data.mnist5k import Mnist5kDataModule
 
-__all__ = ["DigitsDataModule", "ImageFolderDataModule", "MNISTDataModule"]
+__all__ = ["DigitsDataModule", "ImageFolderDataModule", "MNISTDataModule", "Mnist5kDataModule"]
