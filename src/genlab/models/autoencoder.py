@@ -25,7 +25,9 @@ scale; a buffer, so it travels in checkpoints). It is refreshed every training s
 figure computed at the start, or after the first epoch, would describe an autoencoder that has
 since changed).
 
-Metrics: `train/loss`, `val/loss` (the objective without the GAN term, at the posterior mean),
+Metrics: `train/loss` (with a discriminator: the autoencoder's objective plus D's, what the NaN guard
+watches; also `train/g_loss`, `train/d_loss`, `train/d_real`, `train/d_fake`, `train/disc_weight`),
+`val/loss` (the objective without the GAN term, at the posterior mean),
 `val/recon` (the configured L1/L2), `val/rec_mse`, `val/kl` or `val/vq_loss`, and for `vq`
 `val/codebook_usage` and `val/perplexity` over the whole validation split.
 """
