@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 
@@ -107,3 +109,26 @@ def test_patch_discriminator_gives_a_logit_per_patch_and_the_default_is_unchange
     assert shared <= set(patch.state_dict())  # the same feature layers, only the head differs
     with pytest.raises(ValueError, match="unconditional"):
         DCGANDiscriminator(in_channels=1, image_size=8, hidden_channels=[8, 16], num_classes=10, patch=True)
+
+
+def _quantize_on_rank(rank: int, port: int, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(rank)  # each rank sees its own batches, as under DDP
+    vq = VectorQuantizer(num_codes=8, code_dim=2, dead_code_steps=2, kmeans_iters=3)
+    restarted = 0.0
+    for _ in range(4):
+        restarted += vq(torch.randn(16, 2, 2, 2) * (rank + 1) + 3 * rank).restarted.item()
+    torch.save({**{k: v.clone() for k, v in vq.state_dict().items()}, "restarted": restarted}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh processes: ~10 s idle, over a minute on a busy machine
+def test_codebook_stays_the_same_on_every_ddp_rank(tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_quantize_on_rank, args=(port, str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in ("codebook", "cluster_size", "code_sum", "steps_unused"):
+        assert torch.equal(a[key], b[key]), key  # k-means init, EMA steps and restarts agree
+    assert a["restarted"] == b["restarted"]
