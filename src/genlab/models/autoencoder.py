@@ -213,6 +213,14 @@ class AutoencoderModule(L.LightningModule):
         """decode(encode(x)): `(B, C, H, W)` in [-1, 1] (the sample grids show them beside x)."""
         return self.decode(self.encode(x))
 
+    @torch.no_grad()
+    def anomaly_score(self, x: torch.Tensor, k: int = 16, seed: int = 0) -> torch.Tensor:
+        """Reconstruction MSE: the mean squared error per pixel of decode(encode(x)).
+
+        `(B,)` for images `(B, C, H, W)`, higher: less like the training data (genlab.apps.scores).
+        Deterministic (the posterior mean, or the nearest codes): `k` and `seed` are unused."""
+        return (self.reconstruct(x) - x.float()).square().flatten(1).mean(1)
+
     # --- training ---------------------------------------------------------------------------------
 
     def terms(self, x: torch.Tensor, sample: bool) -> Terms:
