@@ -11,6 +11,9 @@ Each stage doubles (G) or halves (D) the resolution, so `image_size` must be div
   plus, when conditional, the projection <embed(y), h> (Miyato & Koyama 2018, eq. 3). No batch
   norm in D: it couples the examples of a batch, which breaks the per-example gradient penalties
   (Gulrajani et al. 2017, sec. 4) and differs between real and fake halves.
+- `patch=True` makes D a PatchGAN (Isola et al. 2017, sec. 3.2.2; the autoencoder's discriminator as
+  in VQGAN): a 3x3 conv on the last feature map instead of flatten + linear, one logit per patch
+  `(B, H / 2**stages, W / 2**stages)`. The GAN losses average whatever shape they get. Unconditional.
 - `spectral_norm` (Miyato et al. 2018) divides each weight by its largest singular value, keeping
   D close to 1-Lipschitz: the cheap stabiliser for small data.
 """
@@ -83,7 +86,8 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """Images `(B, C, H, W)` (and labels `(B,)` when conditional) -> one logit per image `(B,)`."""
+    """Images `(B, C, H, W)` (and labels `(B,)` when conditional) -> one logit per image `(B,)`, or
+    with `patch=True` one per patch `(B, H / 2**stages, W / 2**stages)`."""
 
     def __init__(
         self,
@@ -92,15 +96,24 @@ class DCGANDiscriminator(nn.Module):
         hidden_channels: list[int],
         num_classes: int | None = None,
         spectral_norm: bool = False,
+        patch: bool = False,
     ) -> None:
         """`hidden_channels`: widths from the input down (narrowest first)."""
         super().__init__()
         bottom = _bottom(image_size, len(hidden_channels))
+        if patch and num_classes:
+            raise ValueError("a patch discriminator (patch=true) is unconditional: set num_classes=null")
+        self.patch = patch
         sn = apply_spectral_norm if spectral_norm else (lambda m: m)
         layers: list[nn.Module] = [sn(nn.Conv2d(in_channels, hidden_channels[0], 3, padding=1))]
         widths = [hidden_channels[0], *hidden_channels]
         for c_in, c_out in itertools.pairwise(widths):
             layers += [nn.LeakyReLU(0.2), sn(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))]
+        if patch:  # (B, C_last, b, b) -> (B, 1, b, b): each logit sees one receptive field
+            self.features = nn.Sequential(*layers, nn.LeakyReLU(0.2))
+            self.head = sn(nn.Conv2d(widths[-1], 1, 3, padding=1))
+            self.embed = None
+            return
         self.features = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten())
         num_features = widths[-1] * bottom * bottom
         self.head = sn(nn.Linear(num_features, 1))
@@ -112,8 +125,8 @@ class DCGANDiscriminator(nn.Module):
                 apply_spectral_norm(self.embed.table)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x)  # (B, num_features)
-        out = self.head(h).squeeze(1)  # (B,)
+        h = self.features(x)  # (B, num_features), or (B, C_last, b, b) for patches
+        out = self.head(h).squeeze(1)  # (B,), or (B, b, b) for patches
         if self.embed is not None:
             if labels is None:
                 raise ValueError("this discriminator is conditional: pass labels")
