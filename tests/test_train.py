@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -134,3 +135,12 @@ def test_compiled_run_checkpoint_loads_without_compile(make_config, log_dir: Pat
     checkpoint = torch.load(_only_run(log_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
     assert load_model(_only_run(log_dir) / "checkpoints" / "last.ckpt").sample(2).shape == (2, 1, 8, 8)
+
+
+def test_a_run_that_trained_no_step_gives_no_sampling_advice(log_dir: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        # 1,437 training digits and whole batches of 2,000: not one batch (each image set drops the last part)
+        assert main([f"log_dir={log_dir}", "trainer=debug", "data.batch_size=2000"]) == 0
+    assert "no training step ran (0 training batches per epoch)" in caplog.text
+    assert "Look at the data set" in caplog.text
+    assert "sample from it" not in caplog.text and "make sample" not in caplog.text

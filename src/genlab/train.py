@@ -10,6 +10,7 @@ loggers and Trainer from the config and fits.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import warnings
@@ -102,6 +103,15 @@ def run_summary(trainer: L.Trainer, cfg: DictConfig, run_dir: Path) -> str:
     """What a finished run left and what to do next: its folder, best checkpoint, newest samples,
     and the commands that sample from it and continue it."""
     lines = [f"Run finished: {run_dir}"]
+    if trainer.global_step == 0:  # not in this launch nor before (a resumed run counts its earlier steps)
+        batches = trainer.num_training_batches  # inf when Lightning skipped training (limit_train_batches=0)
+        counted = f" ({int(batches)} training batches per epoch)" if math.isfinite(batches) else ""
+        lines.append(
+            f"  no training step ran{counted}, so there is no trained model to sample from. Look at the data "
+            "set: its training split gave no batch (too few readable examples for data.batch_size, whole "
+            "batches only), or trainer.limit_train_batches is 0"
+        )
+        return "\n".join(lines)
     best = trainer.checkpoint_callback
     if best is not None and best.best_model_path and best.best_model_score is not None:
         lines.append(f"  best {best.monitor}: {float(best.best_model_score):.4g} in {best.best_model_path}")
