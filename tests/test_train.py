@@ -8,13 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+import yaml
 from conftest import column, read_metrics
 
 from genlab import load_model
+from genlab.config import SEED_ENV, compose
 from genlab.instantiate import instantiate
 from genlab.models import VAEModule
+from genlab.run import RESUME_ENV, RUN_DIR_ENV, prepare_run
 from genlab.train import main, train
 
 SMALL_VAE = ("model.encoder.hidden_features=[64,32]",)
@@ -144,3 +148,47 @@ def test_a_run_that_trained_no_step_gives_no_sampling_advice(log_dir: Path, capl
     assert "no training step ran (0 training batches per epoch)" in caplog.text
     assert "Look at the data set" in caplog.text
     assert "sample from it" not in caplog.text and "make sample" not in caplog.text
+
+
+def test_seed_null_resumed_run_keeps_the_seed_it_started_with(make_config, log_dir: Path, monkeypatch) -> None:
+    """seed=null draws a seed at every launch; a relaunch with resume=auto must keep the first one, in
+    its data split (keyed on ${seed}), its saved config and checkpoint, and for the DDP ranks it starts."""
+    monkeypatch.delenv(SEED_ENV, raising=False)
+    argv = [*SMALL_VAE, "trainer=debug", "seed=null", "run_name=r", "resume=auto"]
+    train(make_config(*argv, "trainer.max_epochs=1"))
+    run = log_dir / "vae" / "r"
+    started = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["genlab"]["config"]["seed"]
+
+    seen = {}
+    fit = L.Trainer.fit
+
+    def recording_fit(self, model, datamodule=None, **kwargs):  # what the relaunch trains with
+        seen.update(data=datamodule.seed, ranks=os.environ[SEED_ENV])
+        return fit(self, model, datamodule=datamodule, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", recording_fit)
+    train(make_config(*argv, "trainer.max_epochs=2"))
+    assert seen == {"data": started, "ranks": str(started)}
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 10 and state["genlab"]["config"]["seed"] == started
+    assert {yaml.safe_load(p.read_text())["seed"] for p in run.glob("config*.yaml")} == {started}
+
+
+def test_seed_is_kept_by_a_relaunch_before_any_checkpoint_and_by_the_ranks_lightning_starts(
+    log_dir: Path, monkeypatch
+) -> None:
+    for key in (SEED_ENV, RUN_DIR_ENV, RESUME_ENV):
+        monkeypatch.setenv(key, "")  # recorded, so what prepare_run exports is undone
+    argv = ["model=vae", f"log_dir={log_dir}", "seed=null", "run_name=r", "resume=auto"]
+    first = compose(argv)
+    prepare_run(first)  # stopped before its first checkpoint: only config.yaml is left
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+    again = compose(argv)
+    assert prepare_run(again).resume_from is None and again.seed == first.seed and again.data.seed == first.seed
+
+    # A DDP rank Lightning starts: the launching process's seed, whatever its own command line says.
+    monkeypatch.setenv(RUN_DIR_ENV, str(log_dir / "vae" / "r"))
+    monkeypatch.setenv(SEED_ENV, "12345")
+    rank = compose(["model=vae", f"log_dir={log_dir}", "seed=7"])
+    prepare_run(rank)
+    assert rank.seed == rank.data.seed == 12345

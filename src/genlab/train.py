@@ -52,10 +52,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; returns the final logged metrics."""
     saved_env = {key: os.environ.get(key) for key in (RUN_DIR_ENV, RESUME_ENV, SEED_ENV)}
     try:
-        os.environ[SEED_ENV] = str(cfg.seed)  # the DDP ranks Lightning starts compose with it (seed=null)
         rank_zero_only.rank = launch_rank()  # only rank zero writes, also before the Trainer knows the rank
         check_launch(cfg.trainer.num_nodes)
-        run = prepare_run(cfg)
+        run = prepare_run(cfg)  # a resumed run takes back the seed it started with
+        os.environ[SEED_ENV] = str(cfg.seed)  # the DDP ranks Lightning starts compose with it (seed=null)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
