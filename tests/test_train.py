@@ -250,9 +250,9 @@ def test_a_run_uses_and_reports_its_thread_count(log_dir: Path, monkeypatch, cap
     before = torch.get_num_threads()
     with caplog.at_level(logging.INFO):
         train(compose([f"log_dir={log_dir}", "trainer=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=1"]))
-    assert seen == [(3, "3")] and "Threads: 3 torch threads (the 3 cores this process may use" in caplog.text
+    assert seen == [(3, "3")] and "Torch threads: 3 (the 3 cores this process may use" in caplog.text
     assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ  # left as it was
     with caplog.at_level(logging.INFO):
         train(compose([f"log_dir={log_dir}", "trainer=debug", "trainer.max_epochs=1", "threads=2"]))
-    assert seen[-1][0] == 2 and "Threads: 2 torch threads (threads=2)" in caplog.text
+    assert seen[-1][0] == 2 and "Torch threads: 2 (threads=2)" in caplog.text
     assert main([f"log_dir={log_dir}", "threads=0"]) == 2

@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         threads, source = choose_threads(cfg.get("threads"), processes=trainer.num_devices)  # DDP: per node
         torch.set_num_threads(threads)
         os.environ[THREADS_ENV] = str(threads)  # what the DDP ranks Lightning starts use (it leaves a set one alone)
-        rank_zero_info(f"Threads: {threads} torch threads ({source})")
+        rank_zero_info(f"Torch threads: {threads} ({source})")
         if hasattr(datamodule, "batch_size"):
             rank_zero_info(describe_batch(datamodule.batch_size, trainer))
         for logger in loggers:
