@@ -74,11 +74,12 @@ def main(argv: list[str]) -> None:
     real_scores = datamodule.score(real_samples, split=split) if real_samples else dict.fromkeys(gpt_scores, math.nan)
 
     with open(run / "metrics.csv", newline="") as file:
-        logged = [row["val/bpc"] for row in csv.DictReader(file) if row.get("val/bpc")]
-    # val/bpc is bits per TOKEN; per character it is that times the validation split's tokens per character.
+        rows = [row for row in csv.DictReader(file) if row.get("val/bpc")]
+    # val/bpc is bits per character; runs from before val/bpt was logged beside it logged bits per TOKEN
+    # as val/bpc: per character that is times the validation split's tokens per character.
     val = datamodule.splits["val"]
-    per_char = (val.stop - val.start) / len(val_text)
-    metrics = {"val/bpc": float(logged[-1]) * per_char if logged else math.nan}
+    per_char = 1.0 if rows and rows[-1].get("val/bpt") else (val.stop - val.start) / len(val_text)
+    metrics = {"val/bpc": float(rows[-1]["val/bpc"]) * per_char if rows else math.nan}
 
     settings = f"T={model.hparams.temperature} top_p={model.hparams.top_p}"
     print(f"run: {run}  n={n}  threads={threads}  prompt={prompt!r}  length={length} tokens, {chars} characters")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -256,3 +257,103 @@ def test_a_batch_size_below_one_is_one_line(size: int, tmp_path, capsys) -> None
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"genlab: error: data.batch_size must be at least 1 (images per device and step), got {size}"
     )
+
+
+def test_a_dict_on_the_command_line_merges_into_the_node() -> None:
+    from genlab.tokenizers import ByteTokenizer
+
+    cfg = compose(["model=gpt", "model.net={n_layer: 2, dropout: 0.1}"])
+    assert cfg.model.net.n_layer == 2 and cfg.model.net.dropout == 0.1
+    assert cfg.model.net._target_ == "genlab.nets.gpt.GPT" and cfg.model.net.n_head == 4  # the rest kept
+    model = instantiate(cfg.model, "model")
+    model.build(ByteTokenizer())
+    assert len(model.net.blocks) == 2
+    with pytest.raises(ConfigError, match="unknown key 'model.net.n_layers'.*Did you mean: n_layer"):
+        compose(["model=gpt", "model.net={n_layers: 2}"])  # each key checked as if given alone
+    with pytest.raises(ConfigError, match="'model.net.n_layer' = 'x' has the wrong type"):
+        compose(["model=gpt", "model.net={n_layer: x}"])
+    flow = "{_target_: genlab.models.diffusion_process.RectifiedFlow, time_scale: 500.0}"
+    process = compose(["model=diffusion", f"model.process={flow}"]).model.process
+    assert "schedule" not in process and process.time_scale == 500  # another class: the node replaced
+
+
+@pytest.mark.parametrize("model", ["vae", "diffusion", "flow", "flow_matching", "gpt"])
+def test_an_optimizer_built_inside_a_module_is_named_by_its_config_key(model: str, tmp_path, capsys) -> None:
+    from genlab.train import main
+
+    args = [f"model={model}", "trainer=debug", f"log_dir={tmp_path}", "callbacks.progress.refresh_rate=0"]
+    if model == "gpt":
+        (tmp_path / "book.txt").write_text("some words to read " * 200)
+        args += [f"data.path={tmp_path / 'book.txt'}", f"data.data_dir={tmp_path}", "data.block_size=8"]
+    assert main([*args, "model.optimizer.lr=-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "genlab: error: 'model.optimizer': " in err[-1] and "Invalid learning rate" in err[-1], err[-1]
+
+
+def test_a_node_built_inside_a_module_keeps_its_key_whatever_its_depth() -> None:
+    cfg = compose(["model=diffusion", "model.net.conditioning.drop_prob=-3"])
+    with pytest.raises(ConfigError, match=r"^'model.net.conditioning': LabelEmbedding could not be built"):
+        instantiate(cfg.model, "model")  # DiffusionModule builds its net itself, giving no key
+    with pytest.raises(ConfigError, match=r"^'Adam' could not be built|^'Adam': Adam could not be built"):
+        instantiate({"_target_": "torch.optim.Adam", "_partial_": True, "lr": -1})([torch.zeros(1)])  # no key known
+
+
+@pytest.mark.parametrize("model", choices_of("model"))
+def test_a_model_file_without_recursive_false_is_refused_at_composition(model: str, tmp_path: Path) -> None:
+    """Without `_recursive_: false` the module gets built nets, which save_hyperparameters cannot keep:
+    training works, Module.load_from_checkpoint does not. Every family's file is checked (a fork's too)."""
+    root = tmp_path / "configs"
+    shutil.copytree(config_dir(), root)
+    path = root / "model" / f"{model}.yaml"
+    text = path.read_text()
+    assert "_recursive_: false" in text, f"configs/model/{model}.yaml must set _recursive_: false"
+    path.write_text(text.replace("_recursive_: false", "_recursive_: true"))
+    argv = [f"model={model}", f"model.init_from={tmp_path}"] if model == "gpt_feedback" else [f"model={model}"]
+    with pytest.raises(ConfigError, match=rf"model/{model}\.yaml\): .* lacks `_recursive_: false`"):
+        compose(argv, root=root)
+
+
+def _training_steps(trainer) -> float:
+    """The most optimizer steps (or batches) a composed trainer config can run."""
+    max_steps = trainer.get("max_steps")
+    by_steps = max_steps if max_steps is not None and max_steps >= 0 else math.inf
+    per_epoch = trainer.get("limit_train_batches")
+    max_epochs = trainer.get("max_epochs")
+    epochs = max_epochs if max_epochs is not None and max_epochs >= 0 else math.inf
+    by_epochs = epochs * per_epoch if isinstance(per_epoch, int) else math.inf
+    return min(by_steps, by_epochs)
+
+
+RUN_RECIPES = [f"model={m}" for m in choices_of("model")] + [f"experiment={e}" for e in choices_of("experiment")]
+
+
+@pytest.mark.parametrize("recipe", RUN_RECIPES)
+def test_trainer_debug_is_short_for_every_family_and_experiment(recipe: str, tmp_path: Path) -> None:
+    argv = [recipe, "trainer=debug"] + ([f"model.init_from={tmp_path}"] if "gpt_feedback" in recipe else [])
+    trainer = compose(argv).trainer
+    assert _training_steps(trainer) <= 10, f"{recipe} trainer=debug runs up to {_training_steps(trainer)} batches"
+    assert isinstance(trainer.limit_val_batches, int) and trainer.limit_val_batches <= 2
+    assert trainer.accelerator == "cpu"
+    assert compose([*argv, "trainer.limit_train_batches=3"]).trainer.limit_train_batches == 3  # the command line wins
+
+
+def test_an_experiment_keeps_its_trainer_keys_a_preset_does_not_set(tmp_path: Path) -> None:
+    root = tmp_path / "configs"
+    shutil.copytree(config_dir(), root)
+    recipe = "defaults:\n  - model: vae\ntrainer:\n  accumulate_grad_batches: 4\n  max_epochs: 50\n"
+    (root / "experiment" / "accumulating.yaml").write_text(recipe)
+    cfg = compose(["experiment=accumulating", "trainer=gpu"], root=root)
+    assert cfg.trainer.accumulate_grad_batches == 4  # gpu.yaml's base (default.yaml) says 1: the experiment wins
+    assert cfg.trainer.precision == "bf16-mixed"  # gpu.yaml's own key
+    assert compose(["experiment=accumulating", "trainer=debug"], root=root).trainer.max_epochs == 2
+
+
+def test_print_config_names_the_config_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    from genlab.train import main
+
+    root = tmp_path / "configs"
+    shutil.copytree(config_dir(), root)
+    monkeypatch.setenv("GENLAB_CONFIG_DIR", str(root))
+    assert config_dir() == root
+    assert main(["--print-config", "model=vae"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"# composed from {root}")

@@ -29,7 +29,8 @@ def test_image_folder_with_a_bad_file_and_resizing(tmp_path: Path, capsys: pytes
         Image.new("RGB", (40, 30), (20 * i, 0, 0)).save(path, quality=95)
     (tmp_path / "images" / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
     out = tmp_path / "chunks"
-    assert main([str(tmp_path / "images"), str(out), "--workers=2", "--image-size=16", "--val-fraction=0.2"]) == 0
+    args = ["--workers=2", "--image-size=16", "--val-fraction=0.2", "--test-fraction=0.3"]  # no split left empty
+    assert main([str(tmp_path / "images"), str(out), *args]) == 0
     meta = json.loads((out / "genlab.json").read_text())
     assert meta["num_classes"] == 2 and meta["image_size"] == 16
     assert sum(meta["samples"].values()) == 10  # the broken file left out (with a warning naming it)
@@ -81,3 +82,70 @@ def test_an_existing_output_is_not_overwritten(tmp_path: Path, capsys: pytest.Ca
     assert main([str(tmp_path / "book.txt"), str(tmp_path / "out")]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_prepare_splits_a_folder_as_data_image_folder_does(tmp_path: Path) -> None:
+    from genlab.data import ImageFolderDataModule
+    from genlab.prepare import folder_items
+
+    for i in range(20):
+        path = tmp_path / ("a" if i < 10 else "b") / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((4, 4, 3), i * 10, np.uint8)).save(path)
+    for seed in (0, 1):
+        data = ImageFolderDataModule(str(tmp_path), image_size=4, val_fraction=0.1, test_fraction=0.2, seed=seed)
+        data.setup("fit")
+        files = data.splits["train"].dataset.files
+        folder = {s: sorted(str(files[i]) for i in data.splits[s].indices) for s in ("train", "val", "test")}
+        parts, _ = folder_items(tmp_path, 0.1, 0.2, seed)
+        assert {s: sorted(path for path, _ in parts[s]) for s in parts} == folder  # no test image trains
+
+
+@pytest.mark.parametrize(("good", "bad"), [(1, 3), (0, 3)])
+def test_a_split_left_empty_by_unreadable_images_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], good: int, bad: int
+) -> None:
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(good):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(src / f"good{i}.png")
+    for i in range(bad):
+        (src / f"bad{i}.png").write_bytes(b"not an image")
+    args = [str(src), str(tmp_path / "out"), "--workers=1", "--val-fraction=0.2", "--test-fraction=0.2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("genlab-prepare: error: none of the") and "split of" in err[-1], err
+    assert not (tmp_path / "out" / "genlab.json").exists()
+
+
+def test_a_split_its_fraction_gives_no_image_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "imgs" / "only.png")
+    assert main([str(tmp_path / "imgs"), str(tmp_path / "out"), "--workers=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 1 images: the val split gets none (--val-fraction 0.05)" in err[0], err
+
+
+def test_text_with_val_fraction_zero_names_the_val_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "book.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 100)
+    assert main([str(tmp_path / "book.txt"), str(tmp_path / "out"), "--val-fraction", "0", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--val-fraction 0 leaves the val split of a text empty" in err[0], err
+    assert "too few" not in err[0]
+    assert main([str(tmp_path / "book.txt"), str(tmp_path / "out2"), "--val-fraction", "0.0001"]) == 2
+    assert "the val split would hold 0 (--val-fraction 0.0001)" in capsys.readouterr().err
+
+
+def test_streaming_names_an_empty_split_instead_of_litdatas_assertion(tmp_path: Path) -> None:
+    from genlab.errors import DataError
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(src / f"{i}.png")
+    prepare(str(src), str(tmp_path / "out"), workers=1, val_fraction=0.2, test_fraction=0.2)
+    index = tmp_path / "out" / "val" / "index.json"  # as an older prepare left a split whose files all failed
+    index.write_text(json.dumps({**json.loads(index.read_text()), "chunks": []}))
+    data = StreamingDataModule(str(tmp_path / "out"), batch_size=2, num_workers=0, image_size=4)
+    with pytest.raises(DataError, match=r"the val split of .*out holds no samples"):
+        data.setup("fit")

@@ -61,3 +61,15 @@ def test_bpe_split_on_whitespace_learns_whole_words_and_round_trips():
     assert tokenizers.from_state(json.loads(json.dumps(words.state()))) == words
     with pytest.raises(ConfigError, match="data.bpe_split"):
         BPETokenizer.train(TRAIN, vocab_size=300, split="words")
+
+
+def test_char_counts_sum_to_the_characters_of_the_decoded_text() -> None:
+    """Bits per character divides by these counts: for byte and BPE ids, a token counts the UTF-8
+    characters its bytes start, so multi-byte characters split across tokens count once."""
+    from genlab.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
+
+    text = "naïve café, 日本語 and ✓ marks\n" * 40 + "plain ascii text for merges " * 40
+    for tokenizer in (CharTokenizer("".join(sorted(set(text)))), ByteTokenizer(), BPETokenizer.train([text], 300)):
+        ids = tokenizer.encode(text)
+        assert tokenizer.char_counts()[ids].sum() == len(text), tokenizer.kind
+        assert len(tokenizer.char_counts()) == tokenizer.vocab_size

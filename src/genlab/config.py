@@ -7,7 +7,8 @@
 Precedence, lowest first: train.yaml and the group files it names by default, a model file's
 `_global_` section (family defaults for other groups, e.g. its trainer length or its best checkpoint's
 metric), the group files chosen by the model file, the experiment or the command line (presets such
-as trainer=debug beat family defaults), the experiment's values, the command line. A model
+as trainer=debug beat family defaults), the experiment's values, the keys a trainer preset named on the
+command line sets itself (trainer=debug stays short under any experiment), the command line. A model
 file names its default data (`defaults: [data: digits]`), so `model=vae` alone is a complete run.
 
 The command line takes `key=value` and `--key=value` (what `wandb agent` passes), with dotted keys
@@ -31,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError, MissingMandatoryValue
 
 from genlab.errors import ConfigError
-from genlab.instantiate import SPECIAL_KEYS, matches, suggest, type_hint, validate
+from genlab.instantiate import SPECIAL_KEYS, locate, matches, suggest, type_hint, validate
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ OmegaConf.register_resolver("mul", _product, replace=True, annotation_validation
 
 
 def config_dir() -> Path:
-    """`$GENLAB_CONFIG_DIR`, else the repository's `configs/` (the package is installed editable)."""
+    """`$GENLAB_CONFIG_DIR`, else the `configs/` of the checkout this package was imported from (it is
+    installed editable): a clone that imports another checkout's package reads that checkout's configs."""
     return Path(os.environ.get("GENLAB_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 
 
@@ -196,6 +198,11 @@ def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConf
         first, last = (family, preset) if group in picked else (preset, family)
         cfg[group] = _merge(_merge(cfg.get(group) or {}, first), last)
     cfg = _merge(cfg, experiment)
+    if experiment and selected.get("trainer") is not None:
+        # A trainer preset named on the command line beats the experiment's trainer values for the keys
+        # the preset's file sets itself (not its base, default.yaml): `experiment=gpt_code trainer=debug`
+        # is a few steps, not the experiment's 4,000; the experiment's other keys (accumulation...) stay.
+        cfg["trainer"] = _merge(cfg["trainer"], _own_keys("trainer", selected["trainer"], root))
     cfg["groups"] = {group: choices.get(group) for group in (*GROUPS, EXPERIMENT)}
 
     for override in overrides:
@@ -213,8 +220,40 @@ def compose(argv: list[str] | None = None, root: Path | None = None) -> DictConf
     except MissingMandatoryValue as err:
         raise ConfigError(f"'{err.full_key}' is required: add {err.full_key}=... to the command line") from None
     validate(resolved)
+    check_module_builds_its_nets(resolved["model"], choices.get("model"), root)
     OmegaConf.set_struct(conf, True)
     return conf
+
+
+def check_module_builds_its_nets(node: dict[str, Any], choice: Any, root: Path) -> None:
+    """A LightningModule given object nodes (`net: {_target_: ...}`) must take them unbuilt
+    (`_recursive_: false`): it saves them as hyperparameters and builds its nets itself, so
+    `Module.load_from_checkpoint(path)` can rebuild it. Built for it, it would get `nn.Module`s, which
+    `save_hyperparameters` cannot save; training and `load_model` still work, so nothing else would
+    tell a fork's new family until a user's load_from_checkpoint failed."""
+    import lightning as L
+
+    if node.get("_recursive_", True) is False or not isinstance(node.get("_target_"), str):
+        return
+    target = locate(node["_target_"])
+    if not (isinstance(target, type) and issubclass(target, L.LightningModule)):
+        return
+    nested = sorted(key for key, value in node.items() if _holds_object(value))
+    if nested:
+        raise ConfigError(
+            f"model ({root / 'model' / f'{choice}.yaml'}): {target.__name__} is given object nodes "
+            f"({', '.join('model.' + key for key in nested)}) but the file lacks `_recursive_: false`: add it, "
+            "so the module gets the nodes, saves them as hyperparameters and builds its nets itself "
+            "(Module.load_from_checkpoint needs that)"
+        )
+
+
+def _holds_object(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "_target_" in value or any(_holds_object(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_object(v) for v in value)
+    return False
 
 
 SEED_ENV = "GENLAB_SEED"  # the seed the launching process chose for seed=null, read by the ranks it starts
@@ -253,6 +292,13 @@ def _load_choices(group: str, choice: Any, root: Path) -> dict[str, Any]:
     return load_group_file(group, str(choice), root)[0]
 
 
+def _own_keys(group: str, choice: Any, root: Path) -> dict[str, Any]:
+    """What a group file sets itself, without the same-group files it starts from (`defaults:`)."""
+    body = load_yaml(root / group / f"{choice}.yaml")
+    body.pop("defaults", None)
+    return body
+
+
 def set_key(cfg: dict[str, Any], dotted: str, value: Any, text: str | None = None) -> None:
     """Set `a.b.c` in a plain dict config; the path must exist, or its parent must be an object
     node whose constructor takes the new key (checked by `validate`). `text`, the value as typed,
@@ -268,6 +314,13 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any, text: str | None = Non
             _unknown_key(dotted, ".".join(parts[:depth]), node, part)
         node = child
     leaf = parts[-1]
+    old = node.get(leaf)
+    if isinstance(value, dict) and isinstance(old, dict) and not _other_class(old, value):
+        # `model.net={n_layer: 2}` merges into the node, as OmegaConf and Hydra do: each key is set (and
+        # checked) as if given alone. A new `_target_` replaces the node instead (another class).
+        for key, item in value.items():
+            set_key(cfg, f"{dotted}.{key}", item)
+        return
     if leaf not in node:
         if "_target_" not in node:
             _unknown_key(dotted, ".".join(parts[:-1]), node, leaf)
@@ -377,6 +430,8 @@ def _other_class(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return "_target_" in old and "_target_" in new and old["_target_"] != new["_target_"]
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML (`<run_dir>` stands for the folder a run will pick)."""
-    return OmegaConf.to_yaml(_with_run_dir_stand_in(cfg), resolve=True)
+def to_yaml(cfg: DictConfig, root: Path | None = None) -> str:
+    """The resolved config as YAML (`<run_dir>` stands for the folder a run will pick), under a comment
+    naming the config folder it was composed from (`root`, default `config_dir()`)."""
+    header = f"# composed from {root or config_dir()} (GENLAB_CONFIG_DIR, else the package's checkout)\n"
+    return header + OmegaConf.to_yaml(_with_run_dir_stand_in(cfg), resolve=True)

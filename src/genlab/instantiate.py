@@ -52,16 +52,42 @@ def locate(path: str) -> Any:
     raise ConfigError(f"_target_: cannot import '{path}'; check the spelling of the module and class")
 
 
+# The config keys of the nodes a `_recursive_: false` object was given as plain dicts, by identity
+# (id -> (key, node); the entry holds the node, so its id is not reused while it is here). A module
+# that builds them itself (`instantiate(self.hparams.optimizer)`, often much later, in
+# configure_optimizers) then gets errors naming `model.optimizer`, not just 'Adam'. Oldest entries
+# go first past MAX_KEYED (a process that builds many models, such as the tests).
+_KEY_OF: dict[int, tuple[str, Any]] = {}
+MAX_KEYED = 10_000
+
+
 def instantiate(node: Any, config_key: str = "", **kwargs: Any) -> Any:
     """Build the object a node describes; `kwargs` are runtime arguments (callbacks, loggers).
 
     A constructor that refuses its arguments (a library's ValueError, Lightning's "no GPU here")
     becomes one ConfigError naming `config_key` (the node's place in the config, e.g. "trainer") and
-    the reason, instead of a traceback; GENLAB_TRACEBACK=1 lets the original error through.
+    the reason, instead of a traceback; GENLAB_TRACEBACK=1 lets the original error through. Without
+    `config_key`, a node handed unbuilt to a `_recursive_: false` object is named by its own key.
     """
     if isinstance(node, DictConfig | ListConfig):
         node = OmegaConf.to_container(node, resolve=True)
+    if not config_key:
+        key, kept = _KEY_OF.get(id(node), ("", None))
+        config_key = key if kept is node else ""
     return _build(node, config_key, kwargs)
+
+
+def _remember_keys(node: Any, where: str) -> None:
+    """Record the key of `node` and of every dict or list inside it (see `_KEY_OF`)."""
+    if not where or not isinstance(node, dict | list):
+        return
+    _KEY_OF.pop(id(node), None)  # re-inserted last: the newest entries are kept longest
+    _KEY_OF[id(node)] = (where, node)
+    while len(_KEY_OF) > MAX_KEYED:
+        del _KEY_OF[next(iter(_KEY_OF))]
+    children = node.items() if isinstance(node, dict) else ((f"[{i}]", v) for i, v in enumerate(node))
+    for key, value in children:
+        _remember_keys(value, f"{where}{key}" if key.startswith("[") else _join(where, key))
 
 
 def _build(node: Any, where: str, extra: dict[str, Any] | None = None) -> Any:
@@ -74,6 +100,9 @@ def _build(node: Any, where: str, extra: dict[str, Any] | None = None) -> Any:
             for key, value in node.items()
             if key not in SPECIAL_KEYS
         }
+        if not recursive:
+            for key, value in args.items():
+                _remember_keys(value, _join(where, key))
         args.update(extra or {})
         target = locate(node["_target_"])
         name = node["_target_"].rsplit(".", 1)[-1]

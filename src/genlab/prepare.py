@@ -36,30 +36,17 @@ import numpy as np
 import torch
 
 from genlab import tokenizers
+from genlab.data.chunks import IMAGE_SPLITS, META, count_samples
+from genlab.data.images import split_indices
 from genlab.errors import ConfigError, DataError, GenlabError
 
 log = logging.getLogger(__name__)
 
-META = "genlab.json"  # what the chunks hold; data=streaming reads it first
-IMAGE_SPLITS = ("train", "val", "test")
-TEXT_SPLITS = ("train", "val")
 ENCODED = {"PNG", "JPEG"}  # formats stored as the file's own bytes
 TOKENS_PER_ITEM = 2**16  # tokens per optimize() item: chunks of text are cut from these
 # LitData starts its workers with "spawn" by default: each re-imports torch (seconds, ~10 s on a busy
 # machine) for every split. Forked workers start at once; fork is Linux's own default.
 START_METHOD = "fork" if sys.platform == "linux" else None
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """`genlab.json` of a prepared folder (local); a one-line DataError if the folder holds no chunks."""
-    meta_path = Path(path) / META
-    if not meta_path.is_file():
-        what = "does not exist" if not Path(path).exists() else f"holds no prepared chunks (no {META})"
-        raise DataError(
-            f"data.path: '{path}' {what}: convert your data first with "
-            f"`make prepare SRC=<image folder | mnist | cifar10 | text file> OUT={path}`"
-        )
-    return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,9 +97,7 @@ def folder_items(src: Path, val_fraction: float, test_fraction: float, seed: int
     from genlab.data.image_folder import index_folder
 
     files, labels, classes = index_folder(src)
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val, n_test = round(len(files) * val_fraction), round(len(files) * test_fraction)
-    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    parts = split_indices(len(files), val_fraction, test_fraction, seed)  # data=image_folder's own split
     return {k: [(str(files[i]), labels[i]) for i in sorted(v)] for k, v in parts.items()}, len(classes)
 
 
@@ -134,15 +119,9 @@ def torchvision_items(name: str, data_dir: Path, val_fraction: float, seed: int)
         return list(zip(data, (int(t) for t in ds.targets), strict=True))
 
     items = arrays(train)
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = round(len(items) * val_fraction)
-    val = set(order[:n_val])
-    parts = {
-        "train": [x for i, x in enumerate(items) if i not in val],
-        "val": [x for i, x in enumerate(items) if i in val],
-        "test": arrays(test),
-    }
-    return parts, 10
+    split = split_indices(len(items), val_fraction, 0.0, seed)  # data=mnist's own split of the training set
+    parts = {name: [items[i] for i in sorted(split[name])] for name in ("train", "val")}
+    return {**parts, "test": arrays(test)}, 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,12 +142,21 @@ def prepare_text(src: Path, out: Path, kind: str, val_fraction: float, workers: 
 
     if kind not in ("char", "byte"):
         raise ConfigError(f"--tokenizer must be 'char' or 'byte', got {kind!r}")
+    if val_fraction <= 0:  # checked before tokenizing: a GPT run validates on the val split
+        raise ConfigError(
+            "--val-fraction 0 leaves the val split of a text empty (runs validate on it): give --val-fraction "
+            "above 0, e.g. 0.05"
+        )
     bin_path = out / ".tokens.bin"
     tokenizer, count = tokenize_file(src, kind, bin_path)  # DataError for empty or binary files
     n_train = count - int(count * val_fraction)
-    if min(n_train, count - n_train) < 2:
-        bin_path.unlink()
-        raise DataError(f"'{src}' has {count} tokens: too few to split into train and val; give more text")
+    for split, size in {"train": n_train, "val": count - n_train}.items():
+        if size < 2:  # a window needs 2 tokens (input and target)
+            bin_path.unlink()
+            raise DataError(
+                f"'{src}' has {count} tokens: the {split} split would hold {size} (--val-fraction {val_fraction}); "
+                + ("raise --val-fraction or give more text" if split == "val" else "lower --val-fraction")
+            )
     sizes = {}
     for split, (start, stop) in {"train": (0, n_train), "val": (n_train, count)}.items():
         items = [(str(bin_path), a, min(a + TOKENS_PER_ITEM, stop)) for a in range(start, stop, TOKENS_PER_ITEM)]
@@ -240,8 +228,18 @@ def prepare(
             "(a path that does not exist is taken for an unknown kind)"
         )
 
+    fractions = {"train": 1.0, "val": val_fraction, "test": test_fraction if kind == "image folder" else 1.0}
+    for split in IMAGE_SPLITS:
+        if not parts[split] and fractions[split] > 0:  # asked for, but the fraction of this few files rounds to none
+            fix = f"a larger --{split}-fraction" if split != "train" else "smaller --val-fraction/--test-fraction"
+            raise DataError(
+                f"SRC '{src}' has {sum(len(p) for p in parts.values())} images: the {split} split gets none"
+                + (f" (--{split}-fraction {fractions[split]})" if split != "train" else "")
+                + f"; give more images or {fix}"
+            )
     sizes = {}
-    for split, items in parts.items():
+    for split in IMAGE_SPLITS:
+        items = parts[split]
         if not items:
             continue
         optimize(
@@ -254,20 +252,18 @@ def prepare(
             start_method=START_METHOD,
         )
         sizes[split] = count_samples(out_dir / split)
-    if not sizes.get("train"):
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise DataError(f"none of the images of '{src}' could be read: nothing was written")
+        if not sizes[split]:  # every file of the split was unreadable (each named in a warning above)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise DataError(
+                f"none of the {len(items)} images of the {split} split of '{src}' could be read (the warnings "
+                "above name them): nothing was written; remove the broken files or add readable images"
+            )
     meta = {"kind": "images", "source": kind if kind != "image folder" else str(source)}
     meta.update(num_classes=num_classes, levels=256, samples=sizes)
     if image_size is not None:
         meta.update(image_size=image_size, channels=channels)
     (out_dir / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
-
-
-def count_samples(split_dir: Path) -> int:
-    index = json.loads((split_dir / "index.json").read_text())
-    return sum(chunk["chunk_size"] for chunk in index["chunks"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The run folder: where a run writes, which checkpoint it resumes, and loading a model back.
+"""The run folder: where a run writes and which checkpoint it resumes (reading one: genlab.checkpoints).
 
     logs/<model>/<run_name>/
         config.yaml           the resolved config (earlier ones kept as config.<n>.yaml on resume)
@@ -17,28 +17,25 @@ id gets the folder rank zero stamps, sent to the others over the process group.
 from __future__ import annotations
 
 import os
-import pickle
-import re
-import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.fabric.utilities.load import _load_distributed_checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+# Checkpoint reading lives below the run folder (models read checkpoints too); `load_model` and
+# `SHARDED_META` are re-exported for `from genlab.run import load_model`, which users' scripts write.
+from genlab.checkpoints import RESUME_ENV, is_checkpoint, read_checkpoint
+from genlab.checkpoints import SHARDED_META as SHARDED_META
+from genlab.checkpoints import load_model as load_model
 from genlab.config import SEED_ENV
 from genlab.errors import ConfigError
-from genlab.instantiate import instantiate
 
-RUN_DIR_ENV, RESUME_ENV = "GENLAB_RUN_DIR", "GENLAB_RESUME_FROM"
+RUN_DIR_ENV = "GENLAB_RUN_DIR"
 LAST = "last.ckpt"
-SHARDED_META = "meta.pt"  # what Lightning's FSDP strategy writes beside the shards (all but the tensors)
 
 
 @dataclass
@@ -193,12 +190,6 @@ def _auto_resumed_run(cfg: DictConfig) -> Run:
     return Run(run_dir, newest_checkpoint(run_dir))
 
 
-def is_checkpoint(path: Path) -> bool:
-    """A checkpoint file, or the folder of per-rank shards FSDP writes with `state_dict_type: sharded`
-    (named like the file, e.g. `last.ckpt/`, holding `meta.pt` and torch.distributed.checkpoint shards)."""
-    return path.is_file() or (path.is_dir() and (path / SHARDED_META).is_file())
-
-
 def newest_checkpoint(run_dir: Path) -> Path | None:
     """The newer of `checkpoints/last.ckpt` (a folder with FSDP's sharded checkpoints) and Lightning's
     SLURM requeue checkpoints (`hpc_ckpt_<n>.ckpt`)."""
@@ -243,42 +234,3 @@ def _save_config(cfg: DictConfig, run_dir: Path) -> None:
             n += 1
         path.rename(run_dir / f"config.{n}.yaml")
     path.write_text(text)
-
-
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """A checkpoint file or sharded folder as one dict on the CPU, unpickled safely (`weights_only`:
-    tensors and plain containers only, never code); a clear error for anything else. `mmap`: map
-    the tensors instead of reading them (a cheap check that a file loads)."""
-    path = Path(path)
-    if not is_checkpoint(path):
-        raise ConfigError(f"no checkpoint at '{path}'")
-    try:
-        if path.is_dir():  # FSDP shards, gathered into one full state dict (it must fit in CPU memory)
-            checkpoint = _load_distributed_checkpoint(path)
-            checkpoint["state_dict"] = checkpoint.pop("model")
-            return checkpoint
-        if mmap and not zipfile.is_zipfile(path):  # what torch.save writes; anything else is not a checkpoint
-            raise pickle.UnpicklingError("not a zip archive")
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        unsafe = re.search(r"unsupported GLOBAL (\S+)", str(err))
-        if unsafe is None:
-            raise ConfigError(f"'{path}' is not a readable checkpoint (corrupt or truncated?)") from None
-        raise ConfigError(
-            f"'{path}' would run code while loading ({unsafe.group(1).rstrip('.')}), so it is refused: checkpoints "
-            "load with weights_only=True. Only load files you trust, and then with torch.load yourself."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ConfigError(f"'{path}' is not a readable checkpoint ({str(err).splitlines()[0][:200]})") from None
-
-
-def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> L.LightningModule:
-    """A trained model from a genlab checkpoint alone (its config travels inside it), in eval mode on
-    `map_location`. Reads files and FSDP's sharded folders; never unpickles code (`weights_only`)."""
-    checkpoint = read_checkpoint(ckpt_path)
-    if "genlab" not in checkpoint:
-        raise ConfigError(f"{ckpt_path} is not a genlab checkpoint (no 'genlab' entry with its config)")
-    model = instantiate(checkpoint["genlab"]["config"]["model"])
-    model.on_load_checkpoint(checkpoint)  # as Lightning does: a model may restore what builds it (GPT's vocabulary)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(map_location).eval()

@@ -73,6 +73,10 @@ class CharTokenizer:
     def decode(self, ids: list[int] | np.ndarray) -> str:
         return "".join(self.chars[i] for i in ids)
 
+    def char_counts(self) -> np.ndarray:
+        """Characters each id adds to decoded text, `(vocab_size,)`: one each."""
+        return np.ones(self.vocab_size, dtype=np.int64)
+
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "chars": self.chars}
 
@@ -90,6 +94,11 @@ class ByteTokenizer:
     def decode(self, ids: list[int] | np.ndarray) -> str:
         # A sampled sequence need not be valid UTF-8 (a multi-byte character cut short).
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def char_counts(self) -> np.ndarray:
+        """Characters each id adds to decoded text, `(256,)`: 1 for a byte that starts a UTF-8 character,
+        0 for a continuation byte (0x80-0xBF), so the sum over valid UTF-8 is its number of characters."""
+        return starts_of_characters(np.arange(256))
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind}
@@ -156,6 +165,15 @@ class BPETokenizer:
         # Sampled ids need not form valid UTF-8 (a character's bytes cut short): replaced, as bytes do.
         return self._tokenizer.decode([int(i) for i in ids])
 
+    def char_counts(self) -> np.ndarray:
+        """Characters each id adds to decoded text, `(vocab_size,)`: the UTF-8 characters its bytes start
+        (a token may hold part of a character; the sum over valid UTF-8 is its number of characters)."""
+        to_byte = {c: b for b, c in byte_level_alphabet().items()}
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, i in self._tokenizer.get_vocab().items():
+            counts[i] = starts_of_characters(np.array([to_byte[c] for c in token])).sum()
+        return counts
+
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "spec": self.spec}
 
@@ -164,6 +182,24 @@ class BPETokenizer:
 
 
 Tokenizer = CharTokenizer | ByteTokenizer | BPETokenizer
+
+
+def starts_of_characters(byte_values: np.ndarray) -> np.ndarray:
+    """1 where a byte starts a UTF-8 character, 0 for continuation bytes (0b10xxxxxx)."""
+    return ((byte_values & 0xC0) != 0x80).astype(np.int64)
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-to-character map (`bytes_to_unicode` in openai/gpt-2's encoder.py), which the
+    ByteLevel pre-tokenizer of Hugging Face `tokenizers` uses to spell a token's bytes as text:
+    printable bytes stand for themselves, the others for the characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in alphabet:
+            alphabet[b] = chr(256 + extra)
+            extra += 1
+    return alphabet
 
 
 def from_state(state: dict[str, Any]) -> Tokenizer:

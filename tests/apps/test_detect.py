@@ -30,22 +30,37 @@ def test_detect_on_given_runs_writes_every_field(app_runs: dict[str, Path], tmp_
     assert "hardest to tell from real" in capsys.readouterr().out
 
 
-def test_detect_trains_each_family_when_no_runs_are_given(tmp_path: Path) -> None:
-    report = detect(
-        {"families": "vae", "log_dir": str(tmp_path), "n_train": 50, "train_steps": 10},
-        [*TINY_VAE[1:], *TINY],
-    )
+def test_detect_trains_each_family_when_no_runs_are_given(tmp_path: Path, monkeypatch) -> None:
+    args = {"families": "vae", "log_dir": str(tmp_path), "n_train": 50, "train_steps": 10}
+    report = detect(args, [*TINY_VAE[1:], *TINY])
     assert report["trained_here"] and report["families"]["vae"]["train_s"] > 0
-    assert (tmp_path / "vae" / "detect" / "checkpoints" / "last.ckpt").is_file()
+    run = tmp_path / "vae" / "detect"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
     assert Path(report["written"]) == tmp_path / "detect.json"
+
+    # The same command again is refused before any family trains (here gan, listed first), with advice
+    # in options this command takes (it used to pass on genlab.train's resume=auto, which it refused).
+    trained = []
+    monkeypatch.setattr("genlab.train.train", lambda cfg: trained.append(cfg))
+    with pytest.raises(ConfigError, match=rf"score it with runs={tmp_path / 'gan' / 'detect'},{run}, .*resume=auto"):
+        detect({**args, "families": "gan,vae"}, [*TINY_VAE[1:], *TINY])
+    assert trained == []
+    monkeypatch.undo()
+    again = detect({**args, "resume": "auto"}, [*TINY_VAE[1:], *TINY])  # continues the run
+    assert again["families"]["vae"]["checkpoint"] == report["families"]["vae"]["checkpoint"]
+    given = detect({"runs": str(run), "n_train": 50, "train_steps": 10, "out": str(tmp_path / "given.json")})
+    assert given["families"]["vae"]["auroc_dedicated"] == report["families"]["vae"]["auroc_dedicated"]
 
 
 def test_detect_refuses_unknown_families_in_one_line(capsys) -> None:
     assert main(["families=vae,gpt"]) == 2
     err = capsys.readouterr().err
-    assert "gpt is not an image family" in err and err.count("\n") == 1
-    with pytest.raises(ConfigError, match="overrides apply to training"):
+    assert "gpt is not an image family (choose from diffusion, flow, flow_matching, gan, vae)" in err
+    assert err.count("\n") == 1
+    with pytest.raises(ConfigError, match="trainer.max_epochs=1: applies to training"):
         detect({"runs": "logs/x"}, ["trainer.max_epochs=1"])
+    with pytest.raises(ConfigError, match="resume=auto: applies to training"):
+        detect({"runs": "logs/x", "resume": "auto"})
 
 
 def test_detect_refuses_runs_on_different_splits(app_runs: dict[str, Path], tmp_path: Path) -> None:

@@ -65,7 +65,10 @@ def test_decoding_happens_in_the_loader_workers(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(image_folder, "decode_image", decode_image)
     dm = _module(tmp_path / "images", num_workers=1)
     dm.setup("fit")
-    assert not list(tmp_path.glob("decoded_in_*"))  # set-up decodes nothing
+    probed = list(tmp_path.glob("decoded_in_*"))  # set-up decodes one image per split: does any read?
+    for marker in probed:
+        marker.unlink()
+    assert len(probed) <= 1
     assert len(list(dm.train_dataloader())) == 3
     decoded_in = [p.name for p in tmp_path.glob("decoded_in_*")]
     assert decoded_in and f"decoded_in_{os.getpid()}" not in decoded_in  # the worker did, not this process
@@ -84,3 +87,40 @@ def test_a_very_large_folder_points_to_make_prepare(
     with caplog.at_level(logging.WARNING, logger="genlab.data.image_folder"):
         _module(tmp_path).setup("fit")
     assert f"make prepare SRC={tmp_path} OUT=<dir>" in caplog.text and "data=streaming" in caplog.text
+
+
+@pytest.mark.parametrize("on_bad_file", ["error", "skip"])
+def test_a_folder_whose_only_file_is_not_an_image_is_refused_at_set_up(tmp_path: Path, on_bad_file: str) -> None:
+    (tmp_path / "notes.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"image folder '.*': 1 images split into train 1, val 0, test 0: too few"):
+        _module(tmp_path, on_bad_file=on_bad_file).setup("fit")  # val and test asked for, none there
+
+
+def test_a_folder_whose_images_are_all_unreadable_is_refused_at_set_up(tmp_path: Path) -> None:
+    for i in range(10):
+        (tmp_path / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match=r"none of the \d+ images of the train split could be read"):
+        _module(tmp_path, on_bad_file="skip").setup("fit")
+    with pytest.raises(DataError, match=r"cannot read image '.*\.png'"):  # the first file read, named
+        _module(tmp_path).setup("fit")
+
+
+def test_a_split_smaller_than_a_batch_still_gives_one(tmp_path: Path) -> None:
+    _write_images(tmp_path)  # 18 images: train 13
+    dm = _module(tmp_path, batch_size=64)
+    dm.setup("fit")
+    x, _ = next(iter(dm.train_dataloader()))
+    assert len(x) == len(dm.splits["train"])  # one partial batch, not none (the last partial one is dropped)
+
+
+def test_a_run_on_a_folder_without_a_readable_image_stops_before_training(tmp_path: Path, capsys) -> None:
+    from genlab.train import main
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "notes.png").write_bytes(b"not an image")
+    argv = ["model=vae", "data=image_folder", f"data.path={tmp_path / 'images'}", "data.num_workers=0"]
+    assert main([*argv, "trainer=debug", f"log_dir={tmp_path / 'logs'}", "callbacks.progress.refresh_rate=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("genlab: error: image folder") and "train 1, val 0, test 0" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))

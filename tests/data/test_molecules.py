@@ -66,8 +66,9 @@ def test_scores_of_known_molecules(nci50, tmp_path):
     assert itself["qed_w1"] == pytest.approx(0, abs=1e-9)  # the reference scores as itself
     assert itself["int_div"] == itself["int_div_data"] > 0.5
     assert molecules.internal_diversity(["CCO", "OCC"]) == 0  # one molecule spelt twice: identical fingerprints
-    assert math.isnan(molecules.internal_diversity(["CCO", "CCO"]))  # no pair of distinct molecules
-    assert molecules.internal_diversity(["CCO", "c1ccccc1"]) == pytest.approx(1.0)  # no shared Morgan bit
+    assert math.isnan(molecules.internal_diversity([]))
+    # no shared Morgan bit: the two cross pairs score 0, the two self pairs 1 (MOSES counts them)
+    assert molecules.internal_diversity(["CCO", "c1ccccc1"]) == pytest.approx(0.5)
     assert 0 < molecules.internal_diversity(["CCO", "CCCO", "c1ccccc1"]) < 1
     (path,) = dm.write_samples(samples, tmp_path / "samples", "final")
     assert path.suffix == ".smi"
@@ -149,3 +150,19 @@ def test_a_short_run_writes_and_scores_molecules(nci50, tmp_path, make_config):
     samples = model.sample(8)
     scores = dm.score(samples)
     assert 0 <= scores["valid"] <= 1 and np.isfinite(scores["qed_data"])
+
+
+def test_int_div_is_moses_intdiv1_over_all_pairs_with_duplicates() -> None:
+    """MOSES's IntDiv1 averages Tanimoto similarity over all n^2 ordered pairs of the valid samples,
+    duplicates kept: a sampler that collapses onto one molecule must score near 0, not like a diverse one."""
+    from rdkit import DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+
+    collapsed = ["CCO"] * 18 + ["c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O"]
+    morgan = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
+    fps = [morgan.GetFingerprint(molecules._chem().MolFromSmiles(s)) for s in collapsed]
+    moses = 1 - sum(DataStructs.TanimotoSimilarity(a, b) for a in fps for b in fps) / len(fps) ** 2
+    assert molecules.internal_diversity(collapsed) == pytest.approx(moses)
+    assert molecules.internal_diversity(collapsed) < 0.3 < molecules.internal_diversity(collapsed[-3:])
+    scorer = molecules.MoleculeScorer(train=[], reference=["CCO", "c1ccccc1"])
+    assert scorer(["\n" + s for s in collapsed])["int_div"] == pytest.approx(moses)

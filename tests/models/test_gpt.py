@@ -216,3 +216,57 @@ def test_logged_rate_and_throughput_are_the_training_steps_own(tmp_path, monkeyp
         assert value == pytest.approx(3e-3 * warmup_cosine(step, warmup_steps=4, decay_steps=12, min_ratio=0.1))
 
     train(compose([*argv, "run_name=silent", "trainer.log_every_n_steps=0", "trainer.max_steps=4"]))  # no logging
+
+
+def test_generation_runs_in_eval_mode_and_restores_the_callers_mode() -> None:
+    """GPTModule.load_from_checkpoint returns a module in train mode: generate() and sample() must
+    not sample with dropout on (another distribution), and must leave the caller's mode as it was."""
+    net = {"_target_": "genlab.nets.gpt.GPT", "_partial_": True, "block_size": 16, "n_layer": 2, "n_head": 2}
+    model = GPTModule(
+        net={**net, "n_embd": 32, "dropout": 0.5},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
+        sample_prompt="ab",
+        sample_length=12,
+        temperature=1.0,
+    )
+    model.build(CharTokenizer("abcdefgh\n"))
+
+    def draw() -> tuple[str, list[str]]:
+        torch.manual_seed(0)
+        text = model.generate("ab", 12, temperature=1.0)
+        torch.manual_seed(1)
+        return text, model.sample(4)
+
+    model.train()
+    in_train_mode = draw()
+    assert model.training and model.net.training  # restored
+    model.eval()
+    assert draw() == in_train_mode  # dropout was off in both
+    assert not model.training and not model.net.training
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_bits_per_character_counts_the_decoded_characters_for_every_tokenizer(tokenizer, tmp_path) -> None:
+    """val/bpc is total bits / characters of the decoded validation text, val/bpt bits per token:
+    they differ by the characters per token under BPE and are equal for characters."""
+    import lightning as L
+
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus)
+    dm = TextDataModule(path=str(corpus), tokenizer=tokenizer, vocab_size=320, block_size=16, batch_size=4)
+    net = {"_target_": "genlab.nets.gpt.GPT", "_partial_": True, "block_size": 16, "n_layer": 1, "n_head": 1}
+    model = GPTModule(net={**net, "n_embd": 16}, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True})
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=3, default_root_dir=tmp_path,
+    )  # fmt: skip
+    (logged,) = trainer.validate(model, datamodule=dm, verbose=False)
+    targets = [y for _, (_, y) in zip(range(3), dm.val_dataloader(), strict=False)]
+    tokens = sum(y.numel() for y in targets)
+    chars = sum(len(dm.tokenizer.decode(row)) for y in targets for row in y.tolist())  # ASCII: rows decode whole
+    assert logged["val/bpt"] == pytest.approx(logged["val/loss"] / math.log(2))
+    assert logged["val/bpc"] == pytest.approx(logged["val/bpt"] * tokens / chars, rel=1e-5)
+    if tokenizer == "char":
+        assert logged["val/bpc"] == pytest.approx(logged["val/bpt"])
+    else:
+        assert chars / tokens > 1.5  # BPE merges: several characters a token, so far fewer bits per character

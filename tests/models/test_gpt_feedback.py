@@ -76,6 +76,26 @@ def test_kl_to_the_reference_is_zero_before_the_first_update(tiny_gpt_run: Path,
     assert not any(p.requires_grad for p in model.reference.parameters())
 
 
+def test_a_reward_naming_prompts_is_given_each_completions_prompt(tiny_gpt_run: Path, tmp_path: Path) -> None:
+    """python_parses and known_words score the prompt and the completion together (the prompt may
+    end inside a word or a `def `); a reward without a `prompts` keyword is called as before."""
+    model = _module(tiny_gpt_run, tmp_path, "model.reward={_target_: genlab.rewards.python_parses, _partial_: true}")
+    assert model.reward_takes_prompts
+    seen = {}
+
+    def recorder(samples: list[str], prompts: list[str] | None = None) -> list[float]:
+        seen["prompts"] = prompts
+        return [0.0] * len(samples)
+
+    model.reward_fn = recorder
+    prompts = [torch.tensor([[1, 2, 3, 4]]), torch.tensor([[5, 6, 7, 8]])]
+    rows, texts = model.rollout(prompts, 2)
+    model.score(texts, rows)
+    decoded = [model.tokenizer.decode(p[0].tolist()) for p in prompts]
+    assert seen["prompts"] == [decoded[0], decoded[0], decoded[1], decoded[1]]
+    assert not _module(tiny_gpt_run, tmp_path).reward_takes_prompts  # substring_count: samples only
+
+
 @pytest.mark.parametrize("objective", ["grpo", "dpo"])
 def test_a_short_run_raises_a_toy_reward_and_leaves_the_reference_alone(
     objective: str, tiny_gpt_run: Path, tmp_path: Path

@@ -8,9 +8,12 @@ finds that digit.
 1. Train `model` through `genlab.train` with `data.exclude_labels=[holdout]`: the class is taken out
    of the train and val splits (test keeps it), everything else as `make train MODEL=<family>`, with
    training capped at `max_minutes` (trainer.max_time) so the command stays under 15 minutes.
+   Before any work: a family whose module declares no `anomaly_score` (genlab.apps.scores), or a
+   configuration that cannot score (a conditional GAN), is refused by name, and so is a run folder
+   this command filled before (score it with run=, or continue it with resume=auto).
 2. Score the images the model never saw: the test split (every class) and the held-out class's
-   images of the train and val splits, with the family's score (genlab.apps.scores: flow NLL,
-   VAE importance-weighted bound, diffusion denoising error, GAN -D(x)).
+   images of the train and val splits, with the family's `anomaly_score` (flow NLL, VAE
+   importance-weighted bound, diffusion denoising error, GAN -D(x), or a new family's own).
 3. AUROC of "held-out class vs the other classes" (positives: the held-out class, negatives: the
    test images of the other classes), beside a baseline with no model: the RMS pixel distance to the
    nearest training image (`metrics.nearest_distance`). Both also on the test split alone.
@@ -24,19 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
-from genlab.apps.common import auroc, option, run_command, write_report
-from genlab.apps.scores import anomaly_scores, method
+from genlab.apps.common import auroc, model_families, option, refuse_trained_run, run_command, write_report
+from genlab.apps.scores import anomaly_scores, has_score, method
 from genlab.config import compose
-from genlab.errors import ConfigError
-from genlab.instantiate import instantiate
+from genlab.errors import ConfigError, GenlabError
+from genlab.instantiate import instantiate, locate
 from genlab.metrics import nearest_distance, split_tensors
 from genlab.sample import load
 
 OPTIONS: dict[str, tuple[type, str]] = {
-    "model": (str, "the family to train: vae, flow, diffusion, flow_matching, gan (default vae)"),
+    "model": (str, "the family to train: one whose module declares anomaly_score (default vae)"),
     "holdout": (int, "the class left out of training (default 7)"),
     "run": (str, "score this run instead of training one (trained with data.exclude_labels=[holdout])"),
+    "resume": (str, "auto: continue the run this command trained before (stopped, or to train on), then score"),
     "max_minutes": (float, "training time cap, trainer.max_time (default 10; 0: none, the family's own length)"),
     "k": (int, "draws per image for the score: IW samples, dequantizations, (t, noise) pairs (default 16)"),
     "seed": (int, "the run's seed (data split, init) and the score's draws (default 0)"),
@@ -52,10 +57,39 @@ def max_time(minutes: float) -> str:
     return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def train_without(family: str, holdout: int, args: dict[str, Any], overrides: list[str]) -> tuple[Path, float]:
-    """`genlab.train` of `family` with the class left out; (run folder, training seconds)."""
-    from genlab.train import train  # imported here: scoring a given run needs no training stack
+def require_score(family: str, module_class: type, families: dict[str, tuple[type, Any]]) -> None:
+    if not has_score(module_class):
+        scored = [name for name, (module, _) in families.items() if has_score(module)]
+        raise ConfigError(
+            f"model={family}: {module_class.__name__} has no anomaly score (its module declares no "
+            f"anomaly_score method); families with one: {', '.join(scored) or 'none'}"
+        )
 
+
+def dry_run(cfg: DictConfig) -> None:
+    """Build the model and score two blank images, so that a configuration that cannot score (a
+    conditional GAN, a diffusion model without label dropout) is refused now, not after training. Only
+    its refusals (GenlabError) count: anything else may need the trained model, and is left to the
+    real scoring."""
+    data = cfg.data
+    if "channels" not in data or "image_size" not in data:
+        return  # not the image data modules' keys: no blank image to try
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = instantiate(cfg.model, "model")
+            model.anomaly_score(torch.zeros(2, data.channels, data.image_size, data.image_size), 1, 0)
+        except GenlabError:
+            raise
+        except Exception:  # not a refusal (see the docstring)
+            return
+
+
+def training_config(family: str, holdout: int, args: dict[str, Any], overrides: list[str]) -> tuple[DictConfig, Path]:
+    """The run's config and folder, checked before any work (no data set up, nothing trained): the
+    family has a score, this configuration can score, and the run folder is new or resumed."""
+    families = model_families()
+    if family in families:  # else compose's one-line error lists the model configs
+        require_score(family, families[family][0], families)  # before data.exclude_labels meets text data
     log_dir = option(args, "log_dir", "logs")
     minutes = option(args, "max_minutes", 10.0)
     argv = [
@@ -65,11 +99,15 @@ def train_without(family: str, holdout: int, args: dict[str, Any], overrides: li
         f"run_name=anomaly-holdout{holdout}",
         f"seed={option(args, 'seed', 0)}",
         *([f"trainer.max_time={max_time(minutes)}"] if minutes > 0 else []),
+        *([f"resume={args['resume']}"] if args.get("resume") else []),
         *overrides,
     ]
-    tic = time.perf_counter()
-    train(compose(argv))
-    return Path(log_dir) / family / f"anomaly-holdout{holdout}", time.perf_counter() - tic
+    cfg = compose(argv)
+    require_score(family, locate(cfg.model._target_), families)  # an override may name another module
+    dry_run(cfg)
+    run_dir = Path(log_dir) / family / f"anomaly-holdout{holdout}"
+    refuse_trained_run(run_dir, args.get("resume"), f"run={run_dir}")
+    return cfg, run_dir
 
 
 def anomaly(args: dict[str, Any], overrides: list[str] | None = None) -> dict[str, Any]:
@@ -80,16 +118,19 @@ def anomaly(args: dict[str, Any], overrides: list[str] | None = None) -> dict[st
     start = time.perf_counter()
     train_s = None
     if args.get("run"):
-        if overrides:
-            raise ConfigError(f"{overrides[0]}: config overrides apply to training; run= scores a trained run")
+        if overrides or args.get("resume"):
+            first = overrides[0] if overrides else f"resume={args['resume']}"
+            raise ConfigError(f"{first}: applies to training; run= scores a trained run as it is")
         run = args["run"]
     else:
-        family = option(args, "model", "vae")
-        if family == "gpt":
-            raise ConfigError("model: gpt models text; anomaly detection here needs an image family")
-        run, train_s = train_without(family, holdout, args, overrides or [])
+        cfg, run = training_config(option(args, "model", "vae"), holdout, args, overrides or [])
+        from genlab.train import train  # imported here: scoring a given run needs no training stack
+
+        tic = time.perf_counter()
+        train(cfg)
+        train_s = time.perf_counter() - tic
     model, ckpt, config = load(run, args.get("device"))
-    method(model)  # a one-line error before any work for families without a score
+    method(model)  # a given run without a score: one line before the data is set up
     excluded = list(config.get("data", {}).get("exclude_labels") or [])
     if excluded != [holdout]:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""What the application commands share: key=value options, AUROC, a seeded classifier, the report file."""
+"""What the application commands share: key=value options, the families the configs declare, AUROC,
+a seeded classifier, the report file."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 import torch
 from sklearn.metrics import roc_auc_score
 
-from genlab.config import EXPERIMENT, GROUPS
+from genlab.config import EXPERIMENT, GROUPS, choices_of, config_dir, load_group_file
 from genlab.errors import ConfigError, GenlabError
+from genlab.instantiate import locate
 from genlab.metrics import train_classifier
 from genlab.metrics.features import CLASSIFIER_RECIPE
 from genlab.nets.classifier import ConvClassifier
@@ -50,6 +52,31 @@ def parse_options(
 
 def option(args: dict[str, Any], key: str, default: Any) -> Any:
     return default if args.get(key) is None else args[key]
+
+
+def model_families() -> dict[str, tuple[type, type | None]]:
+    """{family: (its module class, its default data module class or None)} for every
+    `configs/model/*.yaml` (of `GENLAB_CONFIG_DIR` when set): what the apps offer is derived from
+    these, so a new family needs no edit here. Read from the files, not composed, so that a config
+    with a required value (gpt_feedback's model.init_from) still counts."""
+    root, families = config_dir(), {}
+    for name in choices_of("model", root):
+        body, selections = load_group_file("model", name, root)
+        data = next((entry["data"] for entry in selections if "data" in entry), None)
+        data_class = locate(load_group_file("data", data, root)[0]["_target_"]) if data else None
+        families[name] = (locate(body["_target_"]), data_class)
+    return families
+
+
+def refuse_trained_run(run_dir: Path, resume: str | None, score_it: str) -> None:
+    """A command that trains into a fixed run folder, run again: `genlab.train` would refuse with
+    advice in its own options, so refuse here, before any work, with this command's (`score_it`: the
+    option that scores the trained run)."""
+    if not resume and (run_dir / "checkpoints" / "last.ckpt").exists():
+        raise ConfigError(
+            f"run folder {run_dir} already holds a run this command trained: score it with {score_it}, "
+            "continue its training with resume=auto, or train a new one with log_dir=<another folder>"
+        )
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:

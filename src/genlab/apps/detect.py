@@ -3,10 +3,12 @@
     python -m genlab.apps.detect                                   # trains every image family briefly first
     python -m genlab.apps.detect runs=logs/vae/<run>,logs/gan/<run>  # or: genlab-detect ..., make detect RUNS=...
 
-1. The generators: the runs given, or, when none are, each image family (vae, flow, diffusion,
-   flow_matching, gan) trained by `genlab.train` with its default config capped at `minutes` each
-   (trainer.max_time; default 1.5 minutes, so all five take ~8 minutes): briefly trained models, which
-   are easier to spot than fully trained ones (give runs= for those).
+1. The generators: the runs given, or, when none are, each image family (every configs/model/*.yaml
+   whose default data is an image data module: vae, flow, diffusion, flow_matching, gan, and a new
+   family without an edit here) trained by `genlab.train` with its default config capped at `minutes`
+   each (trainer.max_time; default 1.5 minutes, so the five take ~8 minutes): briefly trained models,
+   which are easier to spot than fully trained ones (give runs= for those). A second time, the run
+   folders are refused before any work: give them as runs=, or continue them with resume=auto.
 2. From each: `n_train` samples to train on and as many held-out samples as the test split has real
    images, drawn as `make sample` does (`genlab.sample.draw`, classes in turn for conditional models).
 3. Detectors: the metrics' small CNN (`ConvClassifier`, two classes, `metrics.train_classifier`'s
@@ -29,7 +31,15 @@ from typing import Any
 import torch
 
 from genlab.apps.anomaly import max_time
-from genlab.apps.common import auroc, fit_classifier, option, run_command, write_report
+from genlab.apps.common import (
+    auroc,
+    fit_classifier,
+    model_families,
+    option,
+    refuse_trained_run,
+    run_command,
+    write_report,
+)
 from genlab.config import compose
 from genlab.data.images import ImageDataModule
 from genlab.errors import ConfigError
@@ -37,10 +47,10 @@ from genlab.instantiate import instantiate
 from genlab.metrics import memorisation, split_tensors
 from genlab.sample import BATCH_SIZE, class_labels, draw, is_conditional, load, num_classes
 
-FAMILIES = ("vae", "flow", "diffusion", "flow_matching", "gan")  # the image families
 OPTIONS: dict[str, tuple[type, str]] = {
     "runs": (str, "comma-separated run folders or .ckpt files (default: train each family briefly)"),
-    "families": (str, f"families to train when no runs are given (default {','.join(FAMILIES)})"),
+    "families": (str, "families to train when no runs are given (default: every image family)"),
+    "resume": (str, "auto: continue the runs this command trained before (<log_dir>/<family>/detect)"),
     "minutes": (float, "training time per family when training (default 1.5)"),
     "n_train": (int, "generated training images per family (default 1000)"),
     "train_steps": (int, "detector optimizer steps (default 1000)"),
@@ -51,11 +61,20 @@ OPTIONS: dict[str, tuple[type, str]] = {
 }
 
 
-def train_briefly(families: list[str], minutes: float, seed: int, log_dir: str, overrides: list[str]) -> dict:
-    """{family: (run folder, training seconds)}: each family's default config, capped at `minutes`."""
+def image_families() -> list[str]:
+    """Every model config whose default data is an image data module (genlab.data.images)."""
+    return [name for name, (_, data) in model_families().items() if data and issubclass(data, ImageDataModule)]
+
+
+def train_briefly(
+    families: list[str], minutes: float, seed: int, log_dir: str, overrides: list[str], resume: str | None = None
+) -> dict:
+    """{family: (run folder, training seconds)}: each family's default config, capped at `minutes`.
+    Every config is composed and every run folder checked before the first family trains."""
     from genlab.train import train
 
-    runs = {}
+    folders = ",".join(str(Path(log_dir) / family / "detect") for family in families)
+    configs = {}
     for family in families:
         argv = [
             f"model={family}",
@@ -63,10 +82,15 @@ def train_briefly(families: list[str], minutes: float, seed: int, log_dir: str, 
             "run_name=detect",
             f"seed={seed}",
             f"trainer.max_time={max_time(minutes)}",
+            *([f"resume={resume}"] if resume else []),
             *overrides,
         ]
+        configs[family] = compose(argv)
+        refuse_trained_run(Path(log_dir) / family / "detect", resume, f"runs={folders}")
+    runs = {}
+    for family, cfg in configs.items():
         tic = time.perf_counter()
-        train(compose(argv))
+        train(cfg)
         runs[family] = (Path(log_dir) / family / "detect", time.perf_counter() - tic)
     return runs
 
@@ -86,8 +110,9 @@ def detect(args: dict[str, Any], overrides: list[str] | None = None) -> dict[str
         raise ConfigError("n_train and train_steps must be at least 1")
     start = time.perf_counter()
     if args.get("runs"):
-        if overrides:
-            raise ConfigError(f"{overrides[0]}: config overrides apply to training; runs= are used as they are")
+        if overrides or args.get("resume"):
+            first = overrides[0] if overrides else f"resume={args['resume']}"
+            raise ConfigError(f"{first}: applies to training; runs= are used as they are")
         runs = {}
         for run in args["runs"].split(","):
             path = Path(run.strip())
@@ -95,11 +120,12 @@ def detect(args: dict[str, Any], overrides: list[str] | None = None) -> dict[str
             name = folder.parent.name if folder.parent.name not in runs else f"{folder.parent.name}/{folder.name}"
             runs[name] = (path, None)
     else:
-        families = [f.strip() for f in option(args, "families", ",".join(FAMILIES)).split(",")]
-        unknown = [f for f in families if f not in FAMILIES]
+        known = image_families()
+        families = [f.strip() for f in option(args, "families", ",".join(known)).split(",")]
+        unknown = [f for f in families if f not in known]
         if unknown:
-            raise ConfigError(f"families: {unknown[0]} is not an image family (choose from {', '.join(FAMILIES)})")
-        runs = train_briefly(families, option(args, "minutes", 1.5), seed, log_dir, overrides or [])
+            raise ConfigError(f"families: {unknown[0]} is not an image family (choose from {', '.join(known)})")
+        runs = train_briefly(families, option(args, "minutes", 1.5), seed, log_dir, overrides or [], args.get("resume"))
 
     real = None
     generated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

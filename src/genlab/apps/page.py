@@ -7,14 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from genlab.apps.augment import augment
-from genlab.apps.detect import FAMILIES, detect
+from genlab.apps.detect import detect, image_families
 
 QUICK = {"augment": {"n": 100, "seeds": 2, "train_steps": 20}, "detect": {"n_train": 100, "train_steps": 20}}
 
 
 def section(runs: dict[str, Path], out_dir: Path, quick: bool) -> list[str]:
     """Markdown lines; `runs` {family: run folder}, `out_dir` where the JSON files go."""
-    images = {f: run for f, run in runs.items() if f in FAMILIES}
+    known = image_families()
+    images = {f: run for f, run in runs.items() if f in known}
     if not images:
         return []
     lines = ["## Applications", "", '`make augment` and `make detect` (README "Applications") on the runs above.', ""]

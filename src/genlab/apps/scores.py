@@ -1,91 +1,60 @@
 """Anomaly scores of images under a trained family: higher means less like the training data.
 
-Each family scores with what it has (all per image, `(B,)`, from public methods of its module):
-- flow (`FlowModule`): -log P(x) in nats from its exact density, averaged over `k` uniform
-  dequantization draws (`log_prob(x, samples=k)`: an upper bound on the discrete NLL, tight as k grows);
-- VAE (`VAEModule`): -log p(x) estimated by the importance-weighted bound with `k` posterior samples
-  (Burda et al. 2016, eq. 8; `importance_weighted_nll`), an upper bound on the NLL in expectation;
-- diffusion and flow matching (`DiffusionModule`): the training loss of the image, i.e. the denoising
-  (epsilon) or velocity error of the EMA net, averaged over `k` draws of (t, noise), the SAME draws for
-  every image, with the null label (the unconditional prediction classifier-free guidance trains). For
-  DDPM with uniform t this is L_simple (Ho et al. 2020, eq. 14), the ELBO without its per-t weights;
-- GAN (`GANModule`): the negated discriminator output, -D(x) (no likelihood: a weak score, shown for
-  completeness).
+A family offers a score by declaring a method on its module, next to its likelihood or loss:
+
+    def anomaly_score(self, x: Tensor, k: int = 16, seed: int = 0) -> Tensor:   # (B,) for x (B, C, H, W)
+        '''short name: what the score is (the apps' reports print this first paragraph)'''
+
+`k` draws per image where the score is random, made from `seed` and shared by every image, so a
+score does not depend on the batch the image sits in. A configuration that cannot score (a
+conditional GAN) raises a ConfigError naming its key. The shipped ones: `FlowModule` (exact NLL),
+`VAEModule` (IWAE bound on the NLL), `DiffusionModule` (denoising error, diffusion and flow
+matching), `GANModule` (-D(x)). A family without the method has no score: the apps refuse it by
+name before any work, and nothing here lists families.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, GenlabError
 
-# (short name for tables, what it is)
-METHODS = {
-    "FlowModule": ("exact NLL", "flow: exact -log P(x) (nats), mean over k dequantization draws"),
-    "VAEModule": ("IWAE bound on the NLL", "VAE: importance-weighted bound on -log p(x) (nats), k posterior samples"),
-    "DiffusionModule": (
-        "denoising error",
-        "diffusion/flow matching: per-image training loss (noise or velocity error), k (t, noise) draws",
-    ),
-    "GANModule": ("-D(x)", "GAN: -D(x), the discriminator's output negated (no likelihood)"),
-}
 BATCH = 256
 
 
+def has_score(module_class: type) -> bool:
+    """Whether a family's module class declares `anomaly_score`."""
+    return callable(getattr(module_class, "anomaly_score", None))
+
+
 def method(model: torch.nn.Module) -> tuple[str, str]:
-    """(short name, description) of the family's score; a one-line error for families without one."""
-    name = type(model).__name__
-    if name not in METHODS:
-        raise ConfigError(
-            f"model: {name} has no anomaly score (image families only: flow, vae, diffusion, flow_matching, gan)"
-        )
-    return METHODS[name]
+    """(short name, description) of the family's score, from its `anomaly_score` docstring's first
+    paragraph (`short name: ...`); a one-line error naming the class for families without one."""
+    cls = type(model)
+    if not has_score(cls):
+        raise ConfigError(f"model: {cls.__name__} has no anomaly score (its module declares no anomaly_score method)")
+    first = " ".join((inspect.getdoc(cls.anomaly_score) or "").split("\n\n")[0].split())
+    name, colon, _ = first.partition(":")
+    return (name if colon else cls.__name__), (first or f"{cls.__name__}.anomaly_score")
 
 
 @torch.no_grad()
 def anomaly_scores(model: torch.nn.Module, images: torch.Tensor, k: int = 16, seed: int = 0) -> torch.Tensor:
-    """Scores `(N,)` of `images` `(N, C, H, W)` in [-1, 1] (see the module docstring), seeded."""
+    """Scores `(N,)` of `images` `(N, C, H, W)` in [-1, 1] by the family's `anomaly_score`, in batches,
+    seeded (also for a family that draws from the global RNG, which is restored afterwards)."""
     method(model)  # a one-line error for families without a score
     model.eval()
-    name = type(model).__name__
-    if name == "DiffusionModule":
-        return _denoising_error(model, images, k, seed)
+    out = []
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = []
         for x in images.split(BATCH):
-            x = x.to(model.device)
-            if name == "FlowModule":
-                out.append(-model.log_prob(x, samples=k))
-            elif name == "VAEModule":
-                out.append(model.importance_weighted_nll(x, k))
-            else:  # GANModule
-                if model.conditional:
-                    raise ConfigError(
-                        "model: a conditional GAN's discriminator needs labels: score an unconditional one"
-                    )
-                out.append(-model.discriminator(x, None).flatten())
-        return torch.cat(out).float().cpu()
-
-
-def _denoising_error(model: torch.nn.Module, images: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    process, net = model.process, model.ema.shadow
-    conditioning = model.conditioning
-    if conditioning is not None and getattr(conditioning, "drop_prob", 0) <= 0:
-        raise ConfigError(
-            "model: this conditional model was trained without label dropout (drop_prob=0): it has no "
-            "unconditional prediction to score with"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    draws = [
-        (process.draw_t(1, "cpu", generator), torch.randn(1, *images.shape[1:], generator=generator)) for _ in range(k)
-    ]
-    total = torch.zeros(len(images))
-    for start in range(0, len(images), BATCH):
-        x = images[start : start + BATCH].to(model.device)
-        cond = conditioning.null(len(x), model.device) if conditioning is not None else None
-        for t, noise in draws:
-            t, noise = t.expand(len(x)).to(model.device), noise.expand_as(x).to(model.device)
-            output = net(process.noisy(x, noise, t), process.net_time(t), cond)
-            total[start : start + len(x)] += process.loss(output, x, noise, t).float().cpu()
-    return total / k
+            score = model.anomaly_score(x.to(model.device), k, seed)
+            if tuple(score.shape) != (len(x),):
+                raise GenlabError(
+                    f"{type(model).__name__}.anomaly_score returned shape {tuple(score.shape)} for {len(x)} "
+                    "images: it must give one score per image"
+                )
+            out.append(score.float().cpu())
+    return torch.cat(out)

@@ -179,6 +179,29 @@ class ImageFolderDataModule(ImageDataModule):
             )
         }
 
+    def describe(self) -> str:
+        return f"image folder '{self.path}'"
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            super().setup(stage)  # lists and splits the files; too few for a batch per split is refused there
+            self._check_readable()
+
+    def _check_readable(self) -> None:
+        """Each split must hold a readable image before training starts: images are decoded per batch, so
+        a folder of unreadable files would otherwise train on empty batches. Decodes files in split order
+        until one reads (the first, unless files are broken): a few decodes, not a pass over the folder."""
+        for name, split in self.splits.items():
+            files: ImageFiles = split.dataset
+            # on_bad_file=error: the first unreadable file raises, naming it; skip: each is warned about
+            readable = (files._read(files.files[i]) is not None for i in split.indices)
+            if len(split) and not any(readable):  # any() stops at the first image that reads
+                raise DataError(
+                    f"{self.describe()}: none of the {len(split)} images of the {name} split could be read "
+                    f"({sum(len(s) for s in self.splits.values())} image files in all; the warnings above "
+                    "name them): add readable images, or remove the broken files"
+                )
+
     def _label_fits(self, path: Path, label: int, classes: list[str]) -> bool:
         if not self.num_classes or label < self.num_classes:
             return True

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from genlab.errors import ConfigError, DataError
 
@@ -70,6 +70,17 @@ def to_model_range(images: torch.Tensor, channels: int, image_size: int, levels:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     x = x.clamp(0, 1).mul(levels - 1).round().div(levels - 1)
     return x.mul(2).sub(1).contiguous()
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Positions 0..n-1 split into train, val and test by `seed`. Every image data module and `make
+    prepare` split with this one function, so switching between a folder and its prepared chunks moves
+    no image across splits. A permutation keyed by seed, cut train first: torch's `random_split` with the
+    sizes [n - n_val - n_test, n_val, n_test], which made the splits before (runs keep theirs)."""
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_train = n - n_val - n_test
+    return {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
 
 
 def ddp_world() -> tuple[int, int]:
@@ -145,6 +156,9 @@ class ShuffledBatches(DistributedSampler):
     ) -> None:
         world, rank = ddp_world()
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        # The partial last batch is dropped (even batch statistics), unless it is the only one: a data set
+        # smaller than a batch per device still trains, on one smaller batch.
+        drop_last = drop_last and self.num_samples >= batch_size
         self.batch_size, self.drop_last_batch, self.position = batch_size, drop_last, position
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -207,19 +221,35 @@ class ImageDataModule(L.LightningDataModule):
         for part in parts.values():
             if isinstance(part, TensorImages):  # in memory: cheap to check once as a whole
                 check_all_levels_used(part.images, self.levels)
-        generator = torch.Generator().manual_seed(self.seed)
         if "all" in parts:
-            n = len(parts["all"])
-            n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
-            train, val, test = torch.utils.data.random_split(
-                parts["all"], [n - n_val - n_test, n_val, n_test], generator
+            split = split_indices(len(parts["all"]), self.val_fraction, self.test_fraction, self.seed)
+            splits: dict[str, Dataset] = {name: Subset(parts["all"], indices) for name, indices in split.items()}
+            asked = {"val": self.val_fraction > 0, "test": self.test_fraction > 0}
+        else:  # a test set of its own (MNIST's); val is carved from train
+            split = split_indices(len(parts["train"]), self.val_fraction, 0.0, self.seed)
+            splits = {name: Subset(parts["train"], split[name]) for name in ("train", "val")}
+            splits["test"] = parts["test"]
+            asked = {"val": self.val_fraction > 0, "test": True}
+        self.check_splits(splits, asked)
+        self.splits = splits
+
+    def check_splits(self, splits: dict[str, Dataset], asked: dict[str, bool]) -> None:
+        """Refuse, before training, a split that would give no batch: the train split, or a val/test split
+        asked for (`asked`: its fraction is above 0), holding no image. (A train split smaller than a batch
+        gives one partial batch: see `ShuffledBatches`.)"""
+        sizes = {name: len(part) for name, part in splits.items()}
+        empty = [name for name in ("train", "val", "test") if (name == "train" or asked[name]) and not sizes[name]]
+        if empty:
+            counts = ", ".join(f"{name} {size}" for name, size in sizes.items())
+            raise DataError(
+                f"{self.describe()}: {sum(sizes.values())} images split into {counts}: too few, the "
+                f"{' and '.join(empty)} split{'s hold' if len(empty) > 1 else ' holds'} no image; add images, "
+                "or change data.val_fraction/data.test_fraction"
             )
-        else:
-            n = len(parts["train"])
-            n_val = round(n * self.val_fraction)
-            train, val = torch.utils.data.random_split(parts["train"], [n - n_val, n_val], generator)
-            test = parts["test"]
-        self.splits = {"train": train, "val": val, "test": test}
+
+    def describe(self) -> str:
+        """The data set, as an error names it."""
+        return f"data ({type(self).__name__})"
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]

@@ -22,8 +22,8 @@ Scores (`score(samples, split)`, the MOSES metrics of Polykovskiy et al. 2020), 
                 2009, RDKit Contrib's sascorer) of the valid samples; `qed_data`, `sa_data` the same
                 for the reference split
     qed_w1, sa_w1  the Wasserstein-1 distance between the samples' and the reference split's values
-    int_div     internal diversity, MOSES's IntDiv1 (1 - mean pairwise Tanimoto similarity of Morgan
-                fingerprints) of the distinct valid samples; `int_div_data` the same for the reference
+    int_div     internal diversity, MOSES's IntDiv1 (1 - mean Tanimoto similarity of Morgan fingerprints
+                over all pairs, duplicates kept) of the valid samples; `int_div_data` the same for the reference
 """
 
 from __future__ import annotations
@@ -157,21 +157,22 @@ def first_line(sample: str) -> str:
 
 
 def internal_diversity(smiles: list[str], max_molecules: int = 1000, seed: int = 0) -> float:
-    """MOSES's IntDiv1: 1 - the mean Tanimoto similarity of Morgan fingerprints (radius 2, 1024 bits)
-    over pairs of distinct (canonical) SMILES (MOSES also averages in each molecule with itself, which adds
-    1/n). At most `max_molecules` of them, drawn with `seed` (pairs grow as n^2). NaN under two."""
+    """MOSES's IntDiv1 (`moses.metrics.internal_diversity`, p=1): 1 - the mean Tanimoto similarity of
+    Morgan fingerprints (radius 2, 1024 bits) over all n^2 ordered pairs of the molecules, each with
+    itself included and duplicates kept, so a sampler that repeats one molecule scores near 0 as in
+    MOSES. At most `max_molecules` of them, drawn with `seed` (pairs grow as n^2). NaN for none."""
     from rdkit import DataStructs
     from rdkit.Chem import rdFingerprintGenerator
 
-    molecules = sorted(set(smiles))
+    molecules = sorted(smiles)  # sorted: the draw below depends on the molecules, not their order
     if len(molecules) > max_molecules:
         molecules = random.Random(seed).sample(molecules, max_molecules)
-    if len(molecules) < 2:
+    if not molecules:
         return float("nan")
     morgan = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
     fingerprints = [morgan.GetFingerprint(_chem().MolFromSmiles(s)) for s in molecules]
-    total = sum(sum(DataStructs.BulkTanimotoSimilarity(fp, fingerprints[i + 1 :])) for i, fp in enumerate(fingerprints))
-    return 1.0 - total / (len(molecules) * (len(molecules) - 1) / 2)
+    total = sum(sum(DataStructs.BulkTanimotoSimilarity(fp, fingerprints)) for fp in fingerprints)
+    return 1.0 - total / len(molecules) ** 2
 
 
 def wasserstein1(a: np.ndarray, b: np.ndarray) -> float:
@@ -322,7 +323,7 @@ class MoleculesDataModule(DocumentsDataModule):
         "sa": "mean synthetic accessibility (1 easy to 10 hard) of the valid samples",
         "sa_data": "mean synthetic accessibility of the reference split's molecules",
         "sa_w1": "Wasserstein-1 distance between the SA of the valid samples and of the reference split",
-        "int_div": "1 - mean pairwise Tanimoto similarity (Morgan r=2) of the distinct valid samples (MOSES IntDiv1)",
+        "int_div": "1 - mean Tanimoto similarity (Morgan r=2) over all pairs of the valid samples (MOSES IntDiv1)",
         "int_div_data": "the same for the reference split's molecules",
     }
 

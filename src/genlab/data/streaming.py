@@ -32,10 +32,10 @@ from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.item_loader import TokensLoader
 
 from genlab import tokenizers
+from genlab.data.chunks import IMAGE_SPLITS, META, TEXT_SPLITS, count_samples, read_meta
 from genlab.data.image_folder import READ_ERRORS, decode_image, images_in_model_range
 from genlab.data.images import EpochPosition, epoch_position
 from genlab.errors import ConfigError, DataError
-from genlab.prepare import META, read_meta
 from genlab.tokenizers import Tokenizer
 
 # LitData sizes each worker's share itself, so the length Lightning warns about is right.
@@ -244,14 +244,29 @@ class StreamingDataModule(L.LightningDataModule):
                         f"data.num_classes={self.num_classes} but the chunks in {self.path} hold {prepared} classes: "
                         f"set data.num_classes={prepared} (or null)"
                     )
-            names = ("train", "val", "test") if meta["kind"] != "text" else ("train", "val")
+            names = IMAGE_SPLITS if meta["kind"] != "text" else TEXT_SPLITS
             present = [s for s in names if s == "train" or s in meta.get("samples", meta.get("tokens", {}))]
+            self._check_splits(meta, present)
             self.splits = {s: self._dataset(s, shuffle=s == "train") for s in present}
             rank_zero_info(f"Streaming {meta['kind']} from {self.path}: {len(self.splits['train'])} training samples")
         if self.tokenizer is not None and self.trainer is not None and self.trainer.is_global_zero:
             run_dir = Path(self.trainer.default_root_dir)  # the vocabulary goes with the run, as data=text does
             run_dir.mkdir(parents=True, exist_ok=True)
             tokenizers.save(self.tokenizer, run_dir / "tokenizer.json")
+
+    def _check_splits(self, meta: dict[str, Any], present: list[str]) -> None:
+        """Every split the chunks list must hold items: LitData's own refusal of an empty split is a bare
+        AssertionError deep in its loader. Local folders are checked on their `index.json`; s3 copies on
+        `genlab.json`'s sizes (their index is read by LitData when downloaded)."""
+        sizes = meta.get("samples", meta.get("tokens", {}))
+        for split in present:
+            count = sizes.get(split, 0) if self.remote else count_samples(Path(self._split_dir(split)))
+            if not count:
+                unit = "tokens" if meta["kind"] == "text" else "samples"
+                raise DataError(
+                    f"data.path: the {split} split of {self.path} holds no {unit} (chunks from an older or failed "
+                    f"`make prepare`, or a {split} fraction that gave nothing): prepare it again into a new folder"
+                )
 
     def _image_batch(self) -> ImageBatch:
         return ImageBatch(self.channels, self.image_size, self.levels)

@@ -176,3 +176,30 @@ class DiffusionModule(L.LightningModule):
             steps = getattr(self.process, "num_timesteps", None) if sampler == "ddpm" else hp.sample_steps
         self.process.check_sampler(sampler, steps, key="sample(steps=...)")
         return self.process.sample(denoise, noise, sampler=sampler, steps=steps, eta=eta).clamp(-1, 1)
+
+    # --- anomaly score (genlab.apps.scores asks every family for one) -------------------------------
+
+    @torch.no_grad()
+    def anomaly_score(self, x: torch.Tensor, k: int = 16, seed: int = 0) -> torch.Tensor:
+        """denoising error: the image's training loss (noise or velocity error of the EMA net, with the
+        null label), mean over k (t, noise) draws; for DDPM with uniform t this is L_simple (Ho et al.
+        2020, eq. 14), the ELBO without its per-t weights.
+
+        `(B,)` for images `(B, C, H, W)`, higher: less like the training data. The k draws come from
+        `seed` and are the same for every image, so a score does not depend on the batch. A conditional
+        model scores with its unconditional prediction, which classifier-free guidance trains."""
+        conditioning = self.conditioning
+        if conditioning is not None and getattr(conditioning, "drop_prob", 0) <= 0:
+            raise ConfigError(
+                "model.net.conditioning.drop_prob: this conditional model was trained without label dropout, "
+                "so it has no unconditional prediction to score with"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        cond = conditioning.null(len(x), x.device) if conditioning is not None else None
+        total = torch.zeros(len(x), device=x.device)
+        for _ in range(k):
+            t = self.process.draw_t(1, "cpu", generator).expand(len(x)).to(x.device)
+            noise = torch.randn(1, *x.shape[1:], generator=generator).expand_as(x).to(x.device)
+            output = self.ema.shadow(self.process.noisy(x, noise, t), self.process.net_time(t), cond)
+            total += self.process.loss(output, x, noise, t).float()
+        return total / k

@@ -60,14 +60,26 @@ class FlowModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def log_prob(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, samples: int = 1, noise: torch.Tensor | None = None) -> torch.Tensor:
         """log P(x) of images `(B, C, H, W)` on the data's grid, `(B,)` in nats: a lower bound from
         `samples` dequantization draws, P(x) = levels^-dims E_u[p(y)] estimated by the mean over them
-        (1 draw: the usual dequantized bound; more: tighter, exact as samples -> infinity)."""
+        (1 draw: the usual dequantized bound; more: tighter, exact as samples -> infinity). `noise`: the
+        draws `(samples, B or 1, C, H, W)` in [0, 1) (else fresh ones for every image)."""
         dims = x[0].numel()
-        log_p = torch.stack([self.flow.log_prob(dequantize(x, self.hparams.levels)) for _ in range(samples)])
+        draws = [None] * samples if noise is None else list(noise.to(x))
+        log_p = torch.stack([self.flow.log_prob(dequantize(x, self.hparams.levels, u)) for u in draws])
         log_mean = torch.logsumexp(log_p, 0) - math.log(samples)
         return -dequantized_nll(log_mean, dims, self.hparams.levels)
+
+    @torch.no_grad()
+    def anomaly_score(self, x: torch.Tensor, k: int = 16, seed: int = 0) -> torch.Tensor:
+        """exact NLL: -log P(x) in nats from the flow's exact density, mean over k uniform dequantization
+        draws (an upper bound on the discrete NLL, tight as k grows).
+
+        `(B,)` for images `(B, C, H, W)`, higher: less like the training data (genlab.apps.scores). The
+        k draws come from `seed` and are shared by every image, so a score does not depend on the batch."""
+        noise = torch.rand(k, 1, *x.shape[1:], generator=torch.Generator().manual_seed(seed))
+        return -self.log_prob(x, k, noise)
 
     def bpd(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Per-image bits/dim `(B,)` with one dequantization draw (`noise` in [0, 1), else random)."""

@@ -258,3 +258,18 @@ class GANModule(L.LightningModule):
             labels = torch.arange(n, device=self.device) % self.hparams.num_classes
         net = self.generator_ema if ema else self.generator
         return net(z, labels if self.hparams.conditional else None).float().clamp(-1, 1)
+
+    # --- anomaly score (genlab.apps.scores asks every family for one) -------------------------------
+
+    @torch.no_grad()
+    def anomaly_score(self, x: torch.Tensor, k: int = 16, seed: int = 0) -> torch.Tensor:
+        """-D(x): the discriminator's output negated (no likelihood: a weak score, shown for completeness).
+
+        `(B,)` for images `(B, C, H, W)`, higher: less like the training data. Deterministic: `k` and
+        `seed` are unused."""
+        if self.hparams.conditional:
+            raise ConfigError(
+                "model.conditional=true: a conditional GAN's discriminator needs labels to score an image; "
+                "score an unconditional GAN (model.conditional=false)"
+            )
+        return -self.discriminator(x, None).flatten().float()

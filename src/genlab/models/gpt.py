@@ -2,10 +2,12 @@
 
     loss = -1/(B T) sum_t log p(x_{t+1} | x_{<=t})      (nats per token)
 
-reported also as bits per token (`val/bpc`: per character or byte, loss / ln 2) and perplexity
-(`val/ppl` = exp(loss)). AdamW decays only matrices (embeddings and Linear weights, not biases or
+reported also as bits per token (`val/bpt` = loss / ln 2), bits per character of the decoded text
+(`val/bpc` = total bits / characters, for every tokenizer: a BPE token holds several characters) and
+perplexity per token (`val/ppl` = exp(loss)). AdamW decays only matrices (embeddings and Linear weights, not biases or
 LayerNorm gains); the learning rate warms up linearly, then follows a cosine down to
-`min_lr_ratio` of its peak (the GPT-2/3 and nanoGPT recipe).
+`min_lr_ratio` of its peak (the GPT-2/3 and nanoGPT recipe). The schedule is fixed when a run starts
+(`lr_decay_steps` null: that run's length) and kept on resume, also when resumed with more steps.
 
 The vocabulary belongs to the data, so the net's config node is partial (every argument but
 `vocab_size`) and the net is built in `configure_model()` from the data module's tokenizer. The
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import math
 import time
-from functools import partial
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from genlab import tokenizers
@@ -47,6 +51,20 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class WarmupCosine:
+    """`warmup_cosine` as a LambdaLR `lr_lambda` object, not a function: LambdaLR checkpoints an
+    object's attributes, so a resumed run keeps the schedule it started with. "Train it longer"
+    (`ckpt_path=<run> trainer.max_steps=<more>`) then continues at `min_ratio` past the old horizon;
+    a horizon taken from the new length would put the resumed steps back up a longer cosine (a 5x
+    jump in the learning rate at the first resumed step)."""
+
+    def __init__(self, warmup_steps: int, decay_steps: int, min_ratio: float) -> None:
+        self.warmup_steps, self.decay_steps, self.min_ratio = warmup_steps, decay_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.warmup_steps, self.decay_steps, self.min_ratio)
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, where: str = "model.") -> None:
     """Refuse sampling settings that would fail (or sample the least likely tokens) at the first sample."""
     if temperature < 0:
@@ -63,9 +81,29 @@ class TextGeneration:
     `self.tokenizer` and the sampling hyperparameters `sample_prompt`, `sample_length`, `temperature`,
     `top_k`, `top_p` (GPTModule, and GPTFeedbackModule's policy)."""
 
+    def characters(self, ids: torch.Tensor) -> torch.Tensor:
+        """How many characters the tokens `ids` (any shape) decode to, summed: for bits per character.
+        A token's count is that of the UTF-8 characters its bytes start (`Tokenizer.char_counts`)."""
+        table = getattr(self, "_char_counts", None)
+        if table is None or table.device != ids.device:
+            table = torch.from_numpy(self.tokenizer.char_counts()).to(ids.device)
+            self._char_counts = table  # a plain attribute: not saved, rebuilt from the tokenizer
+        return table[ids].sum()
+
     def encode(self, text: str) -> torch.Tensor:
         """Token ids `(1, len)` on the model's device; a DataError for characters outside a char vocabulary."""
         return torch.from_numpy(self.tokenizer.encode(text).astype("int64")).to(self.device).unsqueeze(0)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) inside, the caller's mode restored after: a module fresh from
+        `load_from_checkpoint` is in train mode, and sampling with dropout on draws from another model."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def generate(
@@ -76,16 +114,19 @@ class TextGeneration:
         top_k: int | None = None,
         top_p: float | None = None,
     ) -> str:
-        """`prompt` and its sampled continuation (temperature 0: greedy). Seed torch for repeatable text."""
+        """`prompt` and its sampled continuation (temperature 0: greedy), in eval mode whatever the
+        module's. Seed torch for repeatable text."""
         if not prompt:
             raise DataError("generate: the prompt is empty; give at least one character (e.g. '\\n')")
         check_sampling(temperature, top_k, top_p, where="generate: ")
-        out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
+        with self.evaluating():
+            out = self.net.generate(self.encode(prompt), max_new_tokens, temperature, top_k, top_p)
         return self.tokenizer.decode(out[0].tolist())
 
     @torch.no_grad()
     def sample(self, n: int) -> list[str]:
-        """`n` continuations of `sample_prompt`, `sample_length` tokens each (the prompt left out)."""
+        """`n` continuations of `sample_prompt`, `sample_length` tokens each (the prompt left out), in
+        eval mode whatever the module's."""
         try:
             start = self.encode(self.hparams.sample_prompt)
         except DataError:  # e.g. "\n" in a one-line corpus: start from the first token instead of failing
@@ -93,9 +134,10 @@ class TextGeneration:
         if start.shape[1] == 0:
             start = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         start = start.expand(n, -1)
-        out = self.net.generate(
-            start, self.hparams.sample_length, self.hparams.temperature, self.hparams.top_k, self.hparams.top_p
-        )
+        with self.evaluating():
+            out = self.net.generate(
+                start, self.hparams.sample_length, self.hparams.temperature, self.hparams.top_k, self.hparams.top_p
+            )
         return [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]
 
 
@@ -128,6 +170,7 @@ class GPTModule(TextGeneration, L.LightningModule):
         self.decayed: frozenset[str] = frozenset()  # names of the matrices, fixed before any sharding
         self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric()  # mean over tokens (and ranks) of the whole validation run
+        self.val_chars = MeanMetric()  # characters per token, over the same tokens
         self._tokens_seen, self._last_mark = 0, (0, 0.0)
         self._step_lr, self._paused, self._validation_began = 0.0, 0.0, 0.0
 
@@ -169,14 +212,33 @@ class GPTModule(TextGeneration, L.LightningModule):
         decay_steps = self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches
         if not math.isfinite(decay_steps):
             raise ConfigError("model.lr_decay_steps is needed when the run has no length (trainer.max_steps)")
-        schedule = partial(
-            warmup_cosine,
-            warmup_steps=self.hparams.warmup_steps,
-            decay_steps=int(decay_steps),
-            min_ratio=self.hparams.min_lr_ratio,
-        )
+        schedule = WarmupCosine(self.hparams.warmup_steps, int(decay_steps), self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # A resumed run's scheduler state (restored before this hook) holds the schedule it started with.
+        # A schedule key changed on resume would make the learning rate jump: refuse it, naming the key.
+        schedule = self.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+        if not isinstance(schedule, WarmupCosine):  # a subclass with a schedule of its own
+            return
+        started = {
+            "warmup_steps": schedule.warmup_steps,
+            "min_lr_ratio": schedule.min_ratio,
+            "lr_decay_steps": schedule.decay_steps,
+        }
+        for key, value in started.items():
+            asked = self.hparams[key]
+            if asked is not None and asked != value:
+                raise ConfigError(
+                    f"model.{key}={asked}, but this run's learning rate schedule started with {value}: "
+                    f"changing it on resume makes the learning rate jump; resume with model.{key}={value}"
+                )
+        if self.global_step and self.trainer.max_steps > schedule.decay_steps:
+            rank_zero_info(
+                f"The learning rate keeps this run's schedule: cosine decay over {schedule.decay_steps} steps, "
+                f"then min_lr_ratio={schedule.min_ratio} of the peak (steps beyond it train at that rate)"
+            )
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch  # (B, T) each
@@ -215,10 +277,19 @@ class GPTModule(TextGeneration, L.LightningModule):
             self._paused += time.perf_counter() - self._validation_began
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.val_loss.update(self.loss(batch), weight=batch[1].numel())
+        tokens = batch[1].numel()
+        self.val_loss.update(self.loss(batch), weight=tokens)
+        self.val_chars.update(self.characters(batch[1]) / tokens, weight=tokens)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # averaged over every rank's tokens
+        chars_per_token = self.val_chars.compute()
         self.val_loss.reset()
-        metrics = {"val/loss": loss, "val/bpc": loss / math.log(2), "val/ppl": loss.exp()}
+        self.val_chars.reset()
+        metrics = {
+            "val/loss": loss,
+            "val/bpc": loss / math.log(2) / chars_per_token,  # total bits / total characters
+            "val/bpt": loss / math.log(2),
+            "val/ppl": loss.exp(),
+        }
         self.log_dict(metrics, sync_dist=True)  # equal on every rank already; a no-op mean that spares a warning

@@ -16,7 +16,7 @@ The policy starts as the GPT of `init_from` (a run folder or .ckpt of `model=gpt
    dpo:  the best and the worst completion of each group are a preference pair (a tie is dropped),
          DPO's loss with `dpo_beta` (online DPO: the pairs come from the current policy).
 
-Validation keeps the base family's figures on the base data (`val/loss`, `val/bpc`, `val/ppl`: how
+Validation keeps the base family's figures on the base data (`val/loss`, `val/bpc`, `val/bpt`, `val/ppl`: how
 much the language model degraded) and adds `val/reward`, `val/reward_std` and `val/kl` (the exact
 per-token KL(policy || reference), averaged over the policy's own completions) for the same fixed
 prompts and seed every time. Sample tables with rewards (prompt | completion | reward) are written
@@ -31,6 +31,7 @@ distribution.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from pathlib import Path
@@ -43,14 +44,14 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchmetrics import MeanMetric
 
 from genlab import tokenizers
+from genlab.checkpoints import RESUME_ENV, is_checkpoint, load_model, read_checkpoint
 from genlab.errors import ConfigError, DataError
-from genlab.instantiate import instantiate
+from genlab.instantiate import instantiate, locate
 from genlab.models.feedback_losses import ADVANTAGES, advantages, dpo_loss, kl_k3, policy_gradient_loss
 from genlab.models.gpt import TOKENIZER_KEY, TextGeneration, check_sampling
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.models.step_logs import log_train_step
 from genlab.nets.gpt import GPT
-from genlab.run import RESUME_ENV, is_checkpoint, load_model, read_checkpoint
 from genlab.tokenizers import Tokenizer
 
 NET_KEY = "gpt_feedback_net"  # where a checkpoint keeps the policy's net node (the base GPT's, vocab_size aside)
@@ -68,6 +69,13 @@ def resolve_init_from(init_from: str) -> Path:
             f"model.init_from: no checkpoint at '{path}' (give a GPT run folder or .ckpt, e.g. logs/gpt/<run>)"
         )
     return path
+
+
+def names_prompts(reward: Any) -> bool:
+    try:
+        return "prompts" in inspect.signature(reward).parameters
+    except (TypeError, ValueError):  # a callable without a signature: the plain contract
+        return False
 
 
 def completion_logprobs(net: GPT, tokens: torch.Tensor, prompt_length: int, temperature: float) -> torch.Tensor:
@@ -104,7 +112,8 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         top_p: float | None = None,
     ) -> None:
         """`init_from`: the GPT to fine-tune (run folder or .ckpt; read when training starts).
-        `reward`: a `_target_` node of a callable `(samples: list[str]) -> list[float]` (genlab.rewards).
+        `reward`: a `_target_` node of a callable `(samples: list[str]) -> list[float]` (genlab.rewards;
+        one taking the keyword `prompts` is also given each sample's prompt text).
         `objective`: grpo (policy gradient + KL penalty) or dpo. `advantage` (grpo): grpo (group mean
         and std) or rloo (leave-one-out mean). `group_size`: completions per prompt (dpo pairs the
         best and the worst). `prompts`: fixed prompt strings instead of prefixes of the data.
@@ -136,12 +145,15 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         check_sampling(temperature, top_k, top_p)
         self.save_hyperparameters()
         self.reward_fn = instantiate(reward, "model.reward")
+        # a reward naming `prompts` is given each completion's prompt text (genlab.rewards); read on the
+        # function itself, since instantiate's partial hides its signature
+        self.reward_takes_prompts = names_prompts(locate(reward["_target_"]))
         self.net: GPT | None = None  # the policy
         self.reference: GPT | None = None  # frozen; in the state_dict, never in the optimizer
         self.net_node: dict[str, Any] | None = None
         self.tokenizer: Tokenizer | None = None
         self.decayed: frozenset[str] = frozenset()
-        self.val_loss, self.val_kl = MeanMetric(), MeanMetric()
+        self.val_loss, self.val_kl, self.val_chars = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_reward, self.val_reward_sq = MeanMetric(), MeanMetric()  # E[r], E[r^2]: the spread over ranks
         self.metric_notes = {
             "reward": f"mean reward of the policy's completions ({reward['_target_']})",
@@ -272,9 +284,15 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
             texts += [self.tokenizer.decode(row) for row in out[:, start.shape[1] :].tolist()]
         return rows, texts
 
-    def score(self, texts: list[str]) -> torch.Tensor:
-        """The reward of each completion, `(len(texts),)` float32 on the model's device."""
-        scores = self.reward_fn(texts)
+    def score(self, texts: list[str], rows: list[torch.Tensor]) -> torch.Tensor:
+        """The reward of each completion, `(len(texts),)` float32 on the model's device. `rows`: the
+        rollout's token rows, whose prompts a reward taking `prompts` is given (decoded)."""
+        if self.reward_takes_prompts:
+            length = self.hparams.completion_length
+            prompts = [self.tokenizer.decode(row[: r.shape[1] - length]) for r in rows for row in r.tolist()]
+            scores = self.reward_fn(texts, prompts=prompts)
+        else:
+            scores = self.reward_fn(texts)
         name = self.hparams.reward["_target_"]
         if not hasattr(scores, "__len__") or len(scores) != len(texts):
             got = len(scores) if hasattr(scores, "__len__") else type(scores).__name__
@@ -300,7 +318,7 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         prompts = self.prompts_for(batch[0], count, offset=self.global_step * count)
         with torch.no_grad():
             rows, texts = self.rollout(prompts, group)
-        rewards = self.score(texts).view(count, group)  # (P, G)
+        rewards = self.score(texts, rows).view(count, group)  # (P, G)
         logp = self.logprobs(rows, self.net)  # (P*G, L), with gradient
         with torch.no_grad():
             ref_logp = self.logprobs(rows, self.reference)
@@ -338,6 +356,7 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         x, y = batch
         logits = self.net(x)
         self.val_loss.update(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), weight=y.numel())
+        self.val_chars.update(self.characters(y) / y.numel(), weight=y.numel())  # characters per token
         if batch_idx == 0:
             rewards, kl = self.evaluate_prompts(self.prompts_for(x, min(self.hparams.val_prompts, x.shape[0])))
             self.val_reward.update(rewards)
@@ -359,20 +378,21 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
             logp = F.log_softmax(self.net(r[:, :-1])[:, start:].float() / temperature, dim=-1)  # (G, L, V)
             ref = F.log_softmax(self.reference(r[:, :-1])[:, start:].float() / temperature, dim=-1)
             kl.append((logp.exp() * (logp - ref)).sum(-1))
-        return self.score(texts), torch.cat(kl)
+        return self.score(texts, rows), torch.cat(kl)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
         mean, mean_sq = self.val_reward.compute(), self.val_reward_sq.compute()
         metrics = {
             "val/loss": loss,
-            "val/bpc": loss / math.log(2),
+            "val/bpc": loss / math.log(2) / self.val_chars.compute(),  # bits per character, as GPTModule's
+            "val/bpt": loss / math.log(2),
             "val/ppl": loss.exp(),
             "val/reward": mean,
             "val/reward_std": (mean_sq - mean**2).clamp_min(0).sqrt(),
             "val/kl": self.val_kl.compute(),
         }
-        for metric in (self.val_loss, self.val_reward, self.val_reward_sq, self.val_kl):
+        for metric in (self.val_loss, self.val_chars, self.val_reward, self.val_reward_sq, self.val_kl):
             metric.reset()
         self.log_dict(metrics, sync_dist=True)
 
@@ -397,9 +417,9 @@ class GPTFeedbackModule(TextGeneration, L.LightningModule):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.hparams.val_seed)
-            _, texts = self.rollout(prompts, 1)
+            rows, texts = self.rollout(prompts, 1)
         self.train(was_training)
-        rewards = self.score(texts).tolist()
+        rewards = self.score(texts, rows).tolist()
         rows = [[self.tokenizer.decode(p[0].tolist()), t, r] for p, t, r in zip(prompts, texts, rewards, strict=True)]
         folder = Path(self.trainer.default_root_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)

@@ -88,17 +88,29 @@ class VAEModule(L.LightningModule):
             metrics["val/bpd"] = bits_per_dim(nll.mean(), x[0].numel())  # on the data's `levels` grid
         self.log_dict(metrics, prog_bar=False, sync_dist=True, batch_size=len(x))
 
-    def importance_weighted_nll(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """-log p(x) estimated with k posterior samples, `(B,)` in nats; tighter than the ELBO."""
+    def importance_weighted_nll(self, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """-log p(x) estimated with k posterior samples, `(B,)` in nats; tighter than the ELBO.
+        `eps`: the standard-normal draws `(k, B or 1, latent_dim)` (else fresh ones for every image)."""
         mean, logvar = self.posterior(x)
         std = (0.5 * logvar).exp()
-        z = mean + std * torch.randn(k, *mean.shape, device=x.device, dtype=mean.dtype)  # (k, B, D)
+        eps = torch.randn(k, *mean.shape, device=x.device, dtype=mean.dtype) if eps is None else eps.to(mean)
+        z = mean + std * eps  # (k, B, D)
         log_q = torch.distributions.Normal(mean, std).log_prob(z).sum(-1)
         log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
         out = self.decoder(z.flatten(0, 1)).float()
         log_px = self.likelihood.log_prob(out, x.repeat(k, *[1] * (x.dim() - 1))).view(k, -1)
         log_w = (log_px + log_prior - log_q).float()
         return -(torch.logsumexp(log_w, dim=0) - math.log(k))
+
+    @torch.no_grad()
+    def anomaly_score(self, x: torch.Tensor, k: int = 16, seed: int = 0) -> torch.Tensor:
+        """IWAE bound on the NLL: -log p(x) in nats, importance-weighted with k posterior samples
+        (Burda et al. 2016, eq. 8), an upper bound on the NLL in expectation.
+
+        `(B,)` for images `(B, C, H, W)`, higher: less like the training data (genlab.apps.scores). The
+        k draws come from `seed` and are shared by every image, so a score does not depend on the batch."""
+        eps = torch.randn(k, 1, self.hparams.latent_dim, generator=torch.Generator().manual_seed(seed))
+        return self.importance_weighted_nll(x, k, eps)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
