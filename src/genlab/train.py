@@ -143,8 +143,8 @@ def run_summary(trainer: L.Trainer, cfg: DictConfig, run_dir: Path) -> str:
         counted = f" ({int(batches)} training batches per epoch)" if math.isfinite(batches) else ""
         lines.append(
             f"  no training step ran{counted}, so there is no trained model to sample from. Look at the data "
-            "set: its training split gave no batch (too few readable examples for data.batch_size, whole "
-            "batches only), or trainer.limit_train_batches is 0"
+            "set: did its training split give any batch (readable examples, data.batch_size)? Or is "
+            "trainer.limit_train_batches 0?"
         )
         return "\n".join(lines)
     best = trainer.checkpoint_callback
