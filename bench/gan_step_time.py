@@ -58,6 +58,7 @@ class StepTimer(L.Callback):
 def genlab_epochs(overrides: list[str], epochs: int, log_dir: str) -> tuple[float, float, float]:
     StepTimer.per_step, StepTimer.per_step_cpu, StepTimer.epoch_wall = [], [], []
     cfg = compose([f"log_dir={log_dir}", f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", *overrides])
+    cfg.threads = torch.get_num_threads()  # the plain loop's count (train() would take the cores it may use)
     with open_dict(cfg):
         cfg.callbacks.timer = {"_target_": f"{__name__}.StepTimer"}
     train(cfg)

@@ -82,6 +82,7 @@ def genlab_round(cfg: DictConfig, warmup: int, steps: int, device: str, log_dir:
     with open_dict(cfg):
         cfg.log_dir = log_dir
         cfg.trainer.max_steps = warmup + steps + 1
+        cfg.threads = torch.get_num_threads()  # the plain loop's count (train() would take the cores it may use)
         del cfg.callbacks.checkpoint, cfg.callbacks.last  # per-epoch costs, off in both
         cfg.callbacks.timer = {"_target_": "__main__.WindowTimer", "first": warmup, "steps": steps, "device": device}
     train(cfg)

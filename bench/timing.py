@@ -63,6 +63,7 @@ def genlab_epochs(
     """(seconds per step, seconds per step of the whole epoch incl. its end: checkpoints) through genlab."""
     StepTimer.per_step, StepTimer.epoch_wall = [], []
     cfg = compose([f"log_dir={log_dir}", f"trainer.max_epochs={epochs}", "trainer.limit_val_batches=0", *overrides])
+    cfg.threads = torch.get_num_threads()  # the plain loop's count (train() would take the cores it may use)
     with open_dict(cfg):
         cfg.callbacks.timer = {"_target_": f"{__name__}.StepTimer"}
         for name in drop_callbacks:  # e.g. early stopping, which watches a metric the bench turns off

@@ -27,11 +27,17 @@ SHORT_RUN = (
 @pytest.fixture(autouse=True, scope="session")
 def one_thread() -> Iterator[None]:
     """Tests train tiny models, which gain nothing from a second thread; and two threads stall
-    badly when other jobs share the cores (10-20x slowdowns measured on 2 busy cores)."""
-    threads = torch.get_num_threads()
+    badly when other jobs share the cores (10-20x slowdowns measured on 2 busy cores). A run takes
+    OMP_NUM_THREADS over the cores it may use (genlab.train.choose_threads), as do the processes tests start."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture

@@ -161,34 +161,65 @@ def test_usr1_saves_and_resume_auto_continues(tmp_path: Path, monkeypatch: pytes
     assert logged_steps(last.parent.parent) == list(range(10))  # each step once, across both processes
 
 
+# `python -m genlab.train` with one change, made here and not in genlab: with HOLD_READY set, the training
+# step at global step 3 writes that file and waits until the run's PreemptionCheckpoint has recorded a
+# signal. The test signals only then, so the signal lands mid-epoch however busy the machine is.
+HELD_RUN = """
+import os, sys, time
+from pathlib import Path
+from genlab.faults import PreemptionCheckpoint
+from genlab.models.vae import VAEModule
+from genlab.train import main
+
+original, ready = VAEModule.training_step, os.environ.get("HOLD_READY")
+
+
+def training_step(self, batch, batch_idx):
+    if ready and self.global_step == 3:
+        (preempt,) = [c for c in self.trainer.callbacks if isinstance(c, PreemptionCheckpoint)]
+        Path(ready).write_text("holding at step 3")
+        while preempt.received is None:  # the handler runs between two sleeps, once the signal arrives
+            time.sleep(0.01)
+    return original(self, batch, batch_idx)
+
+
+VAEModule.training_step = training_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigterm_mid_epoch_then_relaunch_resumes(tmp_path: Path) -> None:
     """The real thing: a training process gets SIGTERM mid-epoch, exits by itself with a
     checkpoint, and the same command with resume=auto carries on from that step to the end."""
-    # 3 epochs x 12 batches, so the signal lands mid-run.
+    # 3 epochs x 12 batches; the child holds at step 3 (epoch 0) until the signal has arrived.
     argv = [*SHORT, "trainer.limit_train_batches=12", "trainer.max_epochs=3", f"log_dir={tmp_path}"]
     argv += ["run_name=pre", "resume=auto"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GENLAB_", "SLURM_", "WANDB_"))}
     env.update(PYTHONPATH=f"{SRC}{os.pathsep}{env.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    run_dir = tmp_path / "vae" / "pre"
-    command = [sys.executable, "-m", "genlab.train", *argv]
+    run_dir, ready, script = tmp_path / "vae" / "pre", tmp_path / "ready", tmp_path / "held_run.py"
+    script.write_text(HELD_RUN)
+    command = [sys.executable, str(script), *argv]
 
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    held = subprocess.Popen(
+        command, env={**env, "HOLD_READY": str(ready)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
-        deadline = time.monotonic() + 90
-        while not ((run_dir / "metrics.csv").is_file() and len(logged_steps(run_dir)) >= 3):
-            assert process.poll() is None and time.monotonic() < deadline, "training never got going"
+        deadline = time.monotonic() + 300  # only against a hang: the child waits for the signal, however long
+        while not ready.is_file():
+            assert held.poll() is None, f"training ended before step 3:\n{held.communicate()[0][-3000:]}"
+            assert time.monotonic() < deadline, "training never reached step 3"
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0]
+        held.send_signal(signal.SIGTERM)
+        output = held.communicate(timeout=300)[0]
     finally:
-        process.kill()
-    assert process.returncode == PREEMPTED_EXIT_CODE, output
+        held.kill()
+    assert held.returncode == PREEMPTED_EXIT_CODE, output
     assert "Traceback" not in output
     stopped_at = checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]
-    assert 3 <= stopped_at < 12, "stopped mid-epoch 0"
+    assert stopped_at == 4, "the step in flight (3) finishes, then the run stops, mid-epoch 0"
     assert logged_steps(run_dir) == list(range(stopped_at))
 
-    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restored all states from the checkpoint at {run_dir / 'checkpoints' / 'last.ckpt'}" in resumed.stderr
     assert checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 36, resumed.stderr[-3000:]

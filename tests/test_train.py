@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+import yaml
 from conftest import column, read_metrics
 
 from genlab import load_model
+from genlab.config import SEED_ENV, compose
+from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 from genlab.models import VAEModule
-from genlab.train import main, train
+from genlab.run import RESUME_ENV, RUN_DIR_ENV, prepare_run
+from genlab.train import choose_threads, main, train
 
 SMALL_VAE = ("model.encoder.hidden_features=[64,32]",)
 
@@ -134,3 +141,118 @@ def test_compiled_run_checkpoint_loads_without_compile(make_config, log_dir: Pat
     checkpoint = torch.load(_only_run(log_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
     assert load_model(_only_run(log_dir) / "checkpoints" / "last.ckpt").sample(2).shape == (2, 1, 8, 8)
+
+
+def test_a_run_that_trained_no_step_gives_no_sampling_advice(log_dir: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        # The data modules refuse a split without a batch, so the way left to train no step is to skip training.
+        assert main([f"log_dir={log_dir}", "trainer=debug", "trainer.limit_train_batches=0"]) == 0
+    assert "no training step ran, so there is no trained model to sample from" in caplog.text
+    assert "Look at the data set" in caplog.text
+    assert "sample from it" not in caplog.text and "make sample" not in caplog.text
+
+
+def test_seed_null_resumed_run_keeps_the_seed_it_started_with(make_config, log_dir: Path, monkeypatch) -> None:
+    """seed=null draws a seed at every launch; a relaunch with resume=auto must keep the first one, in
+    its data split (keyed on ${seed}), its saved config and checkpoint, and for the DDP ranks it starts."""
+    monkeypatch.delenv(SEED_ENV, raising=False)
+    argv = [*SMALL_VAE, "trainer=debug", "seed=null", "run_name=r", "resume=auto"]
+    train(make_config(*argv, "trainer.max_epochs=1"))
+    run = log_dir / "vae" / "r"
+    started = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["genlab"]["config"]["seed"]
+
+    seen = {}
+    fit = L.Trainer.fit
+
+    def recording_fit(self, model, datamodule=None, **kwargs):  # what the relaunch trains with
+        seen.update(data=datamodule.seed, ranks=os.environ[SEED_ENV])
+        return fit(self, model, datamodule=datamodule, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", recording_fit)
+    train(make_config(*argv, "trainer.max_epochs=2"))
+    assert seen == {"data": started, "ranks": str(started)}
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 10 and state["genlab"]["config"]["seed"] == started
+    assert {yaml.safe_load(p.read_text())["seed"] for p in run.glob("config*.yaml")} == {started}
+
+
+def test_seed_is_kept_by_a_relaunch_before_any_checkpoint_and_by_the_ranks_lightning_starts(
+    log_dir: Path, monkeypatch
+) -> None:
+    for key in (SEED_ENV, RUN_DIR_ENV, RESUME_ENV):
+        monkeypatch.setenv(key, "")  # recorded, so what prepare_run exports is undone
+    argv = ["model=vae", f"log_dir={log_dir}", "seed=null", "run_name=r", "resume=auto"]
+    first = compose(argv)
+    prepare_run(first)  # stopped before its first checkpoint: only config.yaml is left
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+    again = compose(argv)
+    assert prepare_run(again).resume_from is None and again.seed == first.seed and again.data.seed == first.seed
+
+    # A DDP rank Lightning starts: the launching process's seed, whatever its own command line says.
+    monkeypatch.setenv(RUN_DIR_ENV, str(log_dir / "vae" / "r"))
+    monkeypatch.setenv(SEED_ENV, "12345")
+    rank = compose(["model=vae", f"log_dir={log_dir}", "seed=7"])
+    prepare_run(rank)
+    assert rank.seed == rank.data.seed == 12345
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_plain_lines_in_a_log_file_and_a_bar_in_a_terminal(
+    log_dir: Path, monkeypatch, terminal: bool
+) -> None:
+    stdout = _Terminal() if terminal else io.StringIO()  # a file, as with `make train > run.log`
+    monkeypatch.setattr(sys, "stdout", stdout)
+    argv = [f"log_dir={log_dir}", "trainer=debug", "callbacks.progress.refresh_rate=1"]
+    assert main([*argv, "callbacks.progress.every_n_steps=4"]) == 0  # 2 epochs x 5 steps
+    text = stdout.getvalue()
+    plain = [line.split()[:2] for line in text.splitlines() if line.startswith(("step ", "validation "))]
+    if terminal:
+        assert "\r" in text and "Epoch 1" in text and not plain  # tqdm's live bar, redrawn in place
+    else:
+        assert "\r" not in text and "Epoch 1" not in text
+        assert plain == [["step", "4/10"], ["validation", "epoch"], ["step", "8/10"], ["validation", "epoch"]]
+        assert "train/loss=" in text and "val/loss=" in text
+
+
+def test_thread_count_defaults_to_the_cores_this_process_may_use(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5, 7}, raising=False)  # taskset/SLURM: 4 of 8
+    assert choose_threads(None, processes=1) == (4, "the 4 cores this process may use; threads=<n> sets it")
+    assert choose_threads(None, processes=2)[0] == 2  # DDP on the CPU: the node's processes share them
+    assert choose_threads(3, processes=2) == (3, "threads=3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert choose_threads(None, processes=1) == (1, "OMP_NUM_THREADS=1 from the environment; threads=<n> overrides it")
+    assert choose_threads(2, processes=1)[0] == 2
+    for bad in (0, -1, 1.5, "two", True):
+        with pytest.raises(ConfigError, match="threads must be a whole number"):
+            choose_threads(bad, processes=1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    with pytest.raises(ConfigError, match="OMP_NUM_THREADS='many' is not a thread count"):
+        choose_threads(None, processes=1)
+
+
+def test_a_run_uses_and_reports_its_thread_count(log_dir: Path, monkeypatch, caplog) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    seen = []
+    fit = L.Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append((torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")))  # what the DDP ranks inherit
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", recording_fit)
+    before = torch.get_num_threads()
+    with caplog.at_level(logging.INFO):
+        train(compose([f"log_dir={log_dir}", "trainer=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=1"]))
+    assert seen == [(3, "3")] and "Torch threads: 3 (the 3 cores this process may use" in caplog.text
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ  # left as it was
+    with caplog.at_level(logging.INFO):
+        train(compose([f"log_dir={log_dir}", "trainer=debug", "trainer.max_epochs=1", "threads=2"]))
+    assert seen[-1][0] == 2 and "Torch threads: 2 (threads=2)" in caplog.text
+    assert main([f"log_dir={log_dir}", "threads=0"]) == 2

@@ -4,7 +4,10 @@ data's optional `score(samples, split)` / `write_samples(samples, folder, stem)`
 
 from __future__ import annotations
 
+import math
 import random
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid, save_image
@@ -110,6 +114,74 @@ class SampleLogger(L.Callback):
                 )
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("samples", "\n\n".join(f"    {t}" for t in texts), trainer.global_step)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's live bar in a terminal. When standard output is not one (`make train > run.log`,
+    SLURM, CI), a plain line every `every_n_steps` optimizer steps and one after each validation
+    instead: the bar's carriage-return frames make a log file unreadable (a 25 s VAE run wrote
+    thousands of them). The lines go where the bar would have gone (standard output), from rank zero
+    only (Lightning disables the bar on the other ranks). `refresh_rate`: the bar's redraw interval
+    in batches (0: no bar); `every_n_steps`: null or 0 for no plain lines.
+    """
+
+    def __init__(
+        self, refresh_rate: int = 10, every_n_steps: int | None = 50, process_position: int = 0, leave: bool = False
+    ) -> None:
+        super().__init__(refresh_rate, process_position, leave)
+        self.every_n_steps = every_n_steps
+        self.plain = False  # decided at setup, on the stream in use then (pytest and notebooks replace it)
+        self._mark, self._total = (0.0, 0), math.inf  # _mark: (time, step) of the last line
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        isatty = getattr(sys.stdout, "isatty", None)
+        self.plain = not (isatty is not None and isatty())
+
+    @property
+    def is_enabled(self) -> bool:  # the tqdm bars: none when writing plain lines
+        return super().is_enabled and not self.plain
+
+    @property
+    def _writes_lines(self) -> bool:
+        return self.plain and self._enabled and bool(self.every_n_steps)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._mark = (time.monotonic(), trainer.global_step)
+        self._total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # Optimizer steps: several batches share one under gradient accumulation, and a GAN's batch makes two.
+        step = trainer.global_step
+        if not self._writes_lines or step // self.every_n_steps == self._mark[1] // self.every_n_steps:
+            return
+        total = f"/{int(self._total)}" if math.isfinite(self._total) else ""
+        batches = f"/{int(self.total_train_batches)}" if math.isfinite(self.total_train_batches) else ""
+        now = time.monotonic()
+        seconds, steps = now - self._mark[0], step - self._mark[1]  # since the last line (validation included)
+        self._mark = (now, step)
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        rate = f"  {steps / seconds:.1f} steps/s" if seconds > 0 else ""
+        where = f"step {step}{total}  epoch {trainer.current_epoch} batch {batch_idx + 1}{batches}"
+        self._write(where + _format(metrics) + rate)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._writes_lines and not trainer.sanity_checking and trainer.state.fn == "fit":
+            metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self._write(f"validation  epoch {trainer.current_epoch} step {trainer.global_step}{_format(metrics)}")
+
+    @staticmethod
+    def _write(line: str) -> None:
+        sys.stdout.write(line + "\n")  # the bar's own stream; flushed, so `tail -f run.log` follows it
+        sys.stdout.flush()
+
+
+def _format(metrics: dict[str, Any]) -> str:
+    values = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+    return "".join(f"  {k}={v:.4g}" if isinstance(v, float) else f"  {k}={v}" for k, v in sorted(values.items()))
 
 
 class RunInfoInCheckpoint(L.Callback):

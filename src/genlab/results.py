@@ -72,7 +72,7 @@ def run_family(family: str, out_dir: Path, log_dir: Path, quick: bool, n: int, c
     run = log_dir / family / "results"
     shutil.rmtree(run, ignore_errors=True)  # this page's own run folder, remade each time
     start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    train(compose(argv))
+    train(compose([*argv, f"threads={torch.get_num_threads()}"]))  # the page's count, set in main
     train_time, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     load_average = (load_start + os.getloadavg()[0]) / 2  # other jobs on the machine: wall times are theirs too
     report = evaluate({"run": str(run), "n": n, "seed": 0, "cache_dir": cache_dir})

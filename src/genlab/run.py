@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from genlab.checkpoints import RESUME_ENV, is_checkpoint, read_checkpoint
 from genlab.checkpoints import SHARDED_META as SHARDED_META
 from genlab.checkpoints import load_model as load_model
+from genlab.config import SEED_ENV
 from genlab.errors import ConfigError
 
 RUN_DIR_ENV = "GENLAB_RUN_DIR"
@@ -44,9 +45,10 @@ class Run:
 
 
 def prepare_run(cfg: DictConfig) -> Run:
-    """Decide the run folder and the checkpoint to resume, write `run_dir` into `cfg` and save the
-    config there (rank zero)."""
-    if os.environ.get(RUN_DIR_ENV):  # a process Lightning launched for another rank
+    """Decide the run folder, the checkpoint to resume and (on a relaunch) the seed, write `run_dir`
+    into `cfg` and save the config there (rank zero)."""
+    launched = bool(os.environ.get(RUN_DIR_ENV))  # a process Lightning launched for another rank
+    if launched:
         run = Run(Path(os.environ[RUN_DIR_ENV]), Path(p) if (p := os.environ.get(RESUME_ENV)) else None)
     elif cfg.get("resume") is not None:
         run = _auto_resumed_run(cfg)
@@ -56,16 +58,40 @@ def prepare_run(cfg: DictConfig) -> Run:
         run = Run(_new_run_dir(cfg), None)
     os.environ[RUN_DIR_ENV] = str(run.dir)
     os.environ[RESUME_ENV] = str(run.resume_from or "")
+    # The ranks Lightning starts take the launching process's final seed (train() exports it).
+    started = os.environ.get(SEED_ENV) if launched else _started_seed(cfg, run)
+    if started is not None and int(started) != cfg.seed:
+        if not launched:
+            rank_zero_info(f"Continuing with seed={started}, the seed this run started with (not {cfg.seed})")
+        cfg.seed = int(started)  # the ${seed} interpolations (data split, text windows...) follow
     with open_dict(cfg):
         cfg.run_dir = str(run.dir)
     _save_config(cfg, run.dir)
     if run.resume_from:
-        if run.resume_from.is_file():
-            read_checkpoint(run.resume_from, mmap=True)  # a bad file fails here in one line, not in Lightning
         rank_zero_info(f"Resuming {run.dir} from {run.resume_from}")
     else:
         rank_zero_info(f"Run folder: {run.dir}")
     return run
+
+
+def _started_seed(cfg: DictConfig, run: Run) -> int | None:
+    """The seed a relaunched run started with (None for a new run): a resumed run keeps it whatever this
+    launch's `seed` (seed=null draws a new one at every launch), since the data split, the text windows
+    and a BPE vocabulary learnt on the training split are keyed on it; another seed would move test
+    examples into training under the resumed model. From the checkpoint (RunInfoInCheckpoint saves
+    the config), else the run folder's config.yaml (FSDP's sharded folder; resume=auto before the
+    first checkpoint). Processes started separately read the same checkpoint, so they agree."""
+    if run.resume_from is not None and run.resume_from.is_file():
+        checkpoint = read_checkpoint(run.resume_from, mmap=True)  # a bad file fails here in one line, not in Lightning
+        if (seed := checkpoint.get("genlab", {}).get("config", {}).get("seed")) is not None:
+            return int(seed)
+    # Separately started processes skip the folder's config.yaml before a checkpoint: rank zero may be
+    # writing it right now (they were given one seed anyway: seed=null is refused there).
+    relaunch = run.resume_from is not None or (cfg.get("resume") == "auto" and not _started_separately(cfg))
+    saved = run.dir / "config.yaml"
+    if relaunch and saved.is_file() and (seed := OmegaConf.load(saved).get("seed")) is not None:
+        return int(seed)
+    return None
 
 
 def _model_dir(cfg: DictConfig) -> Path:

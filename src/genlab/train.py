@@ -10,6 +10,7 @@ loggers and Trainer from the config and fits.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import warnings
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar as AnyProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.callbacks import RunInfoInCheckpoint
+from genlab.callbacks import ProgressBar, RunInfoInCheckpoint
 from genlab.config import EXPERIMENT, GROUPS, SEED_ENV, choices_of, compose, to_yaml
-from genlab.errors import GenlabError
+from genlab.errors import ConfigError, GenlabError
 from genlab.faults import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, slurm_environment
 from genlab.instantiate import instantiate
 from genlab.loggers import wandb_run_id
@@ -49,12 +51,14 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; returns the final logged metrics."""
-    saved_env = {key: os.environ.get(key) for key in (RUN_DIR_ENV, RESUME_ENV, SEED_ENV)}
+    saved_env = {key: os.environ.get(key) for key in (RUN_DIR_ENV, RESUME_ENV, SEED_ENV, THREADS_ENV)}
+    saved_threads = torch.get_num_threads()
     try:
-        os.environ[SEED_ENV] = str(cfg.seed)  # the DDP ranks Lightning starts compose with it (seed=null)
+        choose_threads(cfg.get("threads"), processes=1)  # a bad value fails before the run folder is made
         rank_zero_only.rank = launch_rank()  # only rank zero writes, also before the Trainer knows the rank
         check_launch(cfg.trainer.num_nodes)
-        run = prepare_run(cfg)
+        run = prepare_run(cfg)  # a resumed run takes back the seed it started with
+        os.environ[SEED_ENV] = str(cfg.seed)  # the DDP ranks Lightning starts compose with it (seed=null)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
@@ -66,6 +70,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         config = OmegaConf.to_container(cfg, resolve=True)
         callbacks = [instantiate(node, f"callbacks.{name}") for name, node in cfg.callbacks.items()]
+        if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, AnyProgressBar) for c in callbacks):
+            callbacks.append(ProgressBar())  # in place of the bar Lightning would add: plain lines in a log file
         callbacks.append(RunInfoInCheckpoint(config, wandb_run_id(run.dir), cfg.seed))
         # Always on, whatever the callbacks group says: a preempted run must not be lost.
         callbacks.append(PreemptionCheckpoint(run.dir / "checkpoints", cfg.preempt_signal))
@@ -81,6 +87,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             default_root_dir=str(run.dir),
             plugins=plugins + slurm_environment(),
         )
+        threads, source = choose_threads(cfg.get("threads"), processes=trainer.num_devices)  # DDP: per node
+        torch.set_num_threads(threads)
+        os.environ[THREADS_ENV] = str(threads)  # what the DDP ranks Lightning starts use (it leaves a set one alone)
+        rank_zero_info(f"Torch threads: {threads} ({source})")
         if hasattr(datamodule, "batch_size"):
             rank_zero_info(describe_batch(datamodule.batch_size, trainer))
         for logger in loggers:
@@ -91,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             rank_zero_info(run_summary(trainer, cfg, run.dir))
         return {key: float(value) for key, value in trainer.callback_metrics.items()}
     finally:
+        torch.set_num_threads(saved_threads)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -98,10 +109,44 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 os.environ[key] = value
 
 
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def choose_threads(threads: int | str | None, processes: int) -> tuple[int, str]:
+    """torch's thread count for this process, and where it comes from: `threads` from the config, else
+    an OMP_NUM_THREADS the environment sets, else the cores this process may use (its CPU affinity:
+    what SLURM, taskset or a container grant, not the machine's count) shared by this node's
+    `processes`. More threads than cores make them wait for each other: on a shared machine at load
+    14, the default VAE took 31 min with 2 threads instead of 25 s."""
+    if isinstance(threads, str) and threads.strip().isdigit():  # a top-level null key reads `threads=2` as text
+        threads = int(threads)
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be a whole number >= 1, or null (as many as the cores): {threads!r}")
+        return threads, f"threads={threads}"
+    if env := os.environ.get(THREADS_ENV, "").strip():
+        try:  # "4,2" (OpenMP's nested levels) reads as 4
+            return max(1, int(env.split(",")[0])), f"{THREADS_ENV}={env} from the environment; threads=<n> overrides it"
+        except ValueError:
+            raise ConfigError(f"{THREADS_ENV}={env!r} is not a thread count: unset it, or set threads=<n>") from None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    shared = f" shared by {processes} processes" if processes > 1 else ""
+    return max(1, cores // processes), f"the {cores} cores this process may use{shared}; threads=<n> sets it"
+
+
 def run_summary(trainer: L.Trainer, cfg: DictConfig, run_dir: Path) -> str:
     """What a finished run left and what to do next: its folder, best checkpoint, newest samples,
     and the commands that sample from it and continue it."""
     lines = [f"Run finished: {run_dir}"]
+    if trainer.global_step == 0:  # not in this launch nor before (a resumed run counts its earlier steps)
+        batches = trainer.num_training_batches  # inf when Lightning skipped training (limit_train_batches=0)
+        counted = f" ({int(batches)} training batches per epoch)" if math.isfinite(batches) else ""
+        lines.append(
+            f"  no training step ran{counted}, so there is no trained model to sample from. Look at the data "
+            "set: did its training split give any batch (readable examples, data.batch_size)? Or is "
+            "trainer.limit_train_batches 0?"
+        )
+        return "\n".join(lines)
     best = trainer.checkpoint_callback
     if best is not None and best.best_model_path and best.best_model_score is not None:
         lines.append(f"  best {best.monitor}: {float(best.best_model_score):.4g} in {best.best_model_path}")
