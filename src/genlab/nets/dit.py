@@ -65,6 +65,12 @@ def unpatchify(tokens: torch.Tensor, p: int, channels: int, h: int, w: int) -> t
     return x.reshape(b, channels, h * p, w * p)  # (B, C, H, W)
 
 
+def _zero(layer: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: `x` `(B, T, D)` normalised, then scaled and shifted per example (`(B, 1, D)` each)."""
     return x * (1 + scale) + shift
@@ -104,6 +110,7 @@ class DiTBlock(nn.Module):
         )
         # shift, scale and gate for each of the two branches, regressed from the conditioning vector
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        _zero(self.modulation[-1])  # adaLN-Zero: gates 0, so the block starts as the identity
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """`x` `(B, T, D)`, `c` `(B, D)`."""
@@ -120,6 +127,8 @@ class FinalLayer(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
         self.linear = nn.Linear(hidden_size, patch_values)
+        _zero(self.modulation[-1])
+        _zero(self.linear)  # the first prediction is 0: the loss starts at the target's variance
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.modulation(c)[:, None].chunk(2, dim=-1)  # (B, 1, D) each
@@ -182,8 +191,9 @@ class DiT(nn.Module):
         """The reference's initialisation: Xavier-uniform linears (the patch embedding as the linear map
         it is), N(0, 0.02) for the time MLP and the condition embeddings, and zeros for every adaLN
         regression and the output layer: each block is the identity and the first prediction 0."""
+        zeroed = {id(block.modulation[-1]) for block in (*self.blocks, self.final)} | {id(self.final.linear)}
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and id(module) not in zeroed:  # those stay zero (the blocks set them)
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
@@ -193,11 +203,6 @@ class DiT(nn.Module):
         for module in self.conditioning.modules() if self.conditioning is not None else ():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
-        for modulated in (*self.blocks, self.final):
-            nn.init.zeros_(modulated.modulation[-1].weight)
-            nn.init.zeros_(modulated.modulation[-1].bias)
-        nn.init.zeros_(self.final.linear.weight)
-        nn.init.zeros_(self.final.linear.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """`x` `(B, C, H, W)`, `t` `(B,)` (any float scale; the process picks it), `cond` what the
