@@ -4,6 +4,7 @@ FLOPs on the meta device), guidance through DiffusionModule, a short real run, b
 from __future__ import annotations
 
 import functools
+import shutil
 
 import pytest
 import torch
@@ -159,3 +160,15 @@ def test_bad_sizes_are_one_line_config_errors_naming_the_key(overrides, message:
     with pytest.raises(ConfigError, match=message) as err:
         instantiate(compose(["experiment=diffusion_dit", *overrides]).model)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow  # inductor compiles C++ on the CPU: ~3 min on the shared 2-core machine
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler for inductor")
+def test_compiled_dit_gives_the_eager_output() -> None:
+    net = _tiny(in_channels=1, conditioning=functools.partial(LabelEmbedding, num_classes=10)).eval()
+    _perturb(net)
+    x, t, labels = torch.randn(4, 1, 8, 8), torch.tensor([0.0, 10.0, 500.0, 999.0]), torch.tensor([1, 2, 3, 10])
+    with torch.no_grad():
+        eager = net(x, t, labels)
+        net.compile()  # in place, as the entrypoint's compile=true does
+        torch.testing.assert_close(net(x, t, labels), eager, rtol=1e-4, atol=1e-5)
