@@ -189,8 +189,11 @@ class DiT(nn.Module):
 
     def _init_weights(self) -> None:
         """The reference's initialisation: Xavier-uniform linears (the patch embedding as the linear map
-        it is), N(0, 0.02) for the time MLP and the condition embeddings, and zeros for every adaLN
-        regression and the output layer: each block is the identity and the first prediction 0."""
+        it is) and zeros for every adaLN regression and the output layer: each block is the identity
+        and the first prediction 0. Not the reference's N(0, 0.02) for the time MLP and the label
+        table (the embedder keeps its own init): with so small a conditioning vector the zeroed adaLN
+        layers learn the time and class slowly (digits, 330 steps: val/loss 0.217 with it, about
+        0.19 without, and samples that ignore their label)."""
         zeroed = {id(block.modulation[-1]) for block in (*self.blocks, self.final)} | {id(self.final.linear)}
         for module in self.modules():
             if isinstance(module, nn.Linear) and id(module) not in zeroed:  # those stay zero (the blocks set them)
@@ -198,11 +201,6 @@ class DiT(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
         nn.init.zeros_(self.patch_embed.bias)
-        for layer in (self.time_mlp[0], self.time_mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for module in self.conditioning.modules() if self.conditioning is not None else ():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """`x` `(B, C, H, W)`, `t` `(B,)` (any float scale; the process picks it), `cond` what the
