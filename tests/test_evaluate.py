@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -131,9 +132,13 @@ def test_test_figures_cover_the_whole_test_split_whatever_the_runs_limit_val_bat
     scored: list[int] = []
     step = model.validation_step
     model.validation_step = lambda batch, batch_idx: (scored.append(len(batch[0])), step(batch, batch_idx))[1]
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
     figures, split = evaluate.family_figures(model, datamodule, config, seed=0)
     assert split == "test" and sum(scored) == len(datamodule.splits["test"]) > 2 * 32
     assert math.isfinite(figures["test/nll"])
+    # Quiet while it validates, then as it was: a train() later in the process still says its run folder.
+    assert lightning_log.level == level
 
 
 def test_a_too_small_test_split_is_refused_before_any_work(tmp_path_factory, cache: Path, monkeypatch, capsys) -> None:

@@ -97,21 +97,26 @@ def family_figures(
     """The family's `val/...` figures on the WHOLE test split (or validation, for data without one),
     renamed `<split>/...`; and the split's name. The model is left on its device, in eval mode."""
     data = SplitAsValidation(datamodule)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: ..." banner
     device = model.device
     # Not the run's trainer.limit_val_batches: that made training's validation cheap (trainer=debug: 2
     # batches), while a reported test figure covers every test image (text: every window, in order).
-    trainer = L.Trainer(
-        accelerator=device.type,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1.0,
-    )
-    L.seed_everything(seed, verbose=False)  # the VAE's importance samples are random
-    (logged,) = trainer.validate(model, datamodule=data, verbose=False)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # no "GPU available: ..." banner; restored below, so a later
+    try:  # train() in this process (make results, the apps) still says its run folder and threads
+        trainer = L.Trainer(
+            accelerator=device.type,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=1.0,
+        )
+        L.seed_everything(seed, verbose=False)  # the VAE's importance samples are random
+        (logged,) = trainer.validate(model, datamodule=data, verbose=False)
+    finally:
+        lightning_log.setLevel(level)
     model.to(device)  # validate()'s teardown moved the module to the CPU: sample and score where asked
     model.eval()  # validate() leaves the module in train mode
     return {f"{data.split}/{key.removeprefix('val/')}": float(v) for key, v in logged.items()}, data.split
