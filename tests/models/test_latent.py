@@ -55,14 +55,23 @@ def ae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(tmp_path_factory.mktemp("logs"), "ae", *TINY_AE, "trainer.max_steps=3")
 
 
+@pytest.fixture(scope="module")
+def vq_ae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    vq = ("model.regularizer=vq", "model.quantizer.num_codes=16")
+    return _train(tmp_path_factory.mktemp("logs"), "vq", *TINY_AE, *vq, "trainer.max_steps=3")
+
+
 def _latent_model(family: str, ae_run: Path, *overrides: str) -> DiffusionModule:
     torch.manual_seed(0)
     return instantiate(compose([f"model={family}", *TINY_NET, f"model.first_stage={ae_run}", *overrides]).model)
 
 
-@pytest.mark.parametrize("family", ["diffusion", "flow_matching"])
-def test_the_first_stage_stays_frozen_outside_the_optimizer_and_the_ema(family: str, ae_run: Path) -> None:
-    model = _latent_model(family, ae_run)
+@pytest.mark.parametrize(
+    ("family", "first_stage"), [("diffusion", "ae_run"), ("flow_matching", "ae_run"), ("diffusion", "vq_ae_run")]
+)
+def test_the_first_stage_stays_frozen_outside_the_optimizer_and_the_ema(family: str, first_stage: str, request) -> None:
+    # vq: a codebook moved by EMA in training mode, so only eval mode keeps it bit-identical (no gradient needed)
+    model = _latent_model(family, request.getfixturevalue(first_stage))
     frozen = {k: v.clone() for k, v in model.first_stage.state_dict().items()}
     net_before = [p.detach().clone() for p in model.net.parameters()]
     datamodule = instantiate(compose([f"model={family}", *TINY_NET]).data)
@@ -75,6 +84,7 @@ def test_the_first_stage_stays_frozen_outside_the_optimizer_and_the_ema(family: 
     for key, value in model.first_stage.state_dict().items():
         assert torch.equal(value, frozen[key]), key  # bit-identical, buffers (scale_factor, codebook) too
     assert not model.first_stage.training and not any(p.requires_grad for p in model.first_stage.parameters())
+    assert not model.train().first_stage.training  # model.train() (a user's, or a loop's) leaves it frozen
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert not optimized & {id(p) for p in model.first_stage.parameters()}
     assert optimized == {id(p) for p in model.net.parameters()}
