@@ -120,7 +120,7 @@ class DiffusionModule(L.LightningModule):
 
     def train(self, mode: bool = True) -> DiffusionModule:
         super().train(mode)
-        if self.first_stage is not None:  # frozen: Lightning's fit would switch it to training mode
+        if self.first_stage is not None:  # frozen whoever calls train(): in training mode a VQ codebook moves
             self.first_stage.eval()
         return self
 
