@@ -37,10 +37,15 @@ TINY_NET = (
     "model.net.channel_mults=[1]",
     "model.net.attention_resolutions=[]",
     "model.net.num_heads=2",
-    "model.process.clip_x0=false",
     "model.sample_steps=2",
     "data.batch_size=32",
 )
+# What a first stage needs of the process: no clip to the pixel range; for diffusion a prediction whose x0
+# does not divide by sqrt(alpha_bar_T) ~ 5e-5 (the cosine schedule's last step).
+LATENT = {
+    "diffusion": ("model.process.clip_x0=false", "model.process.prediction=v"),
+    "flow_matching": ("model.process.clip_x0=false",),
+}
 SHORT = ("trainer=debug", "callbacks.progress.refresh_rate=0", "callbacks.samples.num_samples=4")
 
 
@@ -63,7 +68,9 @@ def vq_ae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _latent_model(family: str, ae_run: Path, *overrides: str) -> DiffusionModule:
     torch.manual_seed(0)
-    return instantiate(compose([f"model={family}", *TINY_NET, f"model.first_stage={ae_run}", *overrides]).model)
+    return instantiate(
+        compose([f"model={family}", *TINY_NET, *LATENT[family], f"model.first_stage={ae_run}", *overrides]).model
+    )
 
 
 @pytest.mark.parametrize(
@@ -113,7 +120,14 @@ def test_the_checkpoint_alone_samples_in_a_new_process_and_sample_and_eval_work(
 ) -> None:
     first_stage = tmp_path / "ae"  # a copy, deleted once the latent model is trained
     shutil.copytree(ae_run, first_stage)
-    run = _train(tmp_path / "logs", "latent", "model=diffusion", *TINY_NET, f"model.first_stage={first_stage}")
+    run = _train(
+        tmp_path / "logs",
+        "latent",
+        "model=diffusion",
+        *TINY_NET,
+        *LATENT["diffusion"],
+        f"model.first_stage={first_stage}",
+    )
     shutil.rmtree(first_stage)
     ckpt = run / "checkpoints" / "last.ckpt"
     code = (
@@ -161,6 +175,7 @@ class _Features(torch.nn.Module):
             "the autoencoder was trained on 1x8x8 images, the data are 1x28x28",
         ),
         (["model.first_stage={ae}", "model.process.clip_x0=true"], "set model.process.clip_x0=false"),
+        (["model.first_stage={ae}", "model.process.prediction=epsilon"], "use model.process.prediction=v"),
         (["model.first_stage={latent}"], "is not an autoencoder run (DiffusionModule)"),
     ],
 )
@@ -169,7 +184,7 @@ def test_bad_input_is_one_line(argv: list[str], message: str, ae_run: Path, tmp_
     if "{latent}" in " ".join(argv) and not latent.exists():  # a diffusion run (pixels) as a first stage
         _train(ae_run.parent.parent, "not-an-ae", "model=diffusion", *TINY_NET, "model.net.channel_mults=[1,2]")
     argv = [a.format(ae=ae_run, latent=latent) for a in argv]
-    assert main([f"log_dir={tmp_path}", *SHORT, "model=diffusion", *TINY_NET, *argv]) == 2
+    assert main([f"log_dir={tmp_path}", *SHORT, "model=diffusion", *TINY_NET, *LATENT["diffusion"], *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and not any("Traceback" in line for line in err)
 
@@ -191,4 +206,8 @@ def test_a_latent_experiment_builds_for_7x7x4_latents(experiment: str, tmp_path:
     assert (model.net.in_channels, model.net.image_size) == (4, 7)
     x = torch.rand(2, 1, 28, 28) * 2 - 1
     assert model.to_latent(x).shape == (2, 4, 7, 7)
-    assert model.sample(2, steps=1).shape == (2, 1, 28, 28)
+    latents = []
+    decode = model.first_stage.decode
+    model.first_stage.decode = lambda z: (latents.append(z * model.first_stage.scale_factor), decode(z))[1]
+    assert model.sample(2, steps=3).shape == (2, 1, 28, 28)
+    assert latents[0].abs().max() < 10  # an untrained net's latents stay near the noise's scale, not ~1e3

@@ -76,6 +76,14 @@ class DiffusionModule(L.LightningModule):
                 "model.process.clip_x0=true would clamp latents to the pixel range [-1, 1]: "
                 "set model.process.clip_x0=false with model.first_stage"
             )
+        ab_last = getattr(self.process, "alphas_cumprod", torch.ones(1))[-1]
+        if self.first_stage is not None and getattr(self.process, "prediction", None) == "epsilon" and ab_last < 1e-6:
+            # unclipped, epsilon's x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab): the first DDIM step multiplies the
+            # net's error by sqrt(ab_prev / ab_T) (~600 on the cosine schedule); sampled latents reached ~1e3
+            raise ConfigError(
+                f"model.process.prediction=epsilon with model.first_stage: alpha_bar at t=T is {float(ab_last):.1e}, "
+                "so unclipped sampling blows up: use model.process.prediction=v (or schedule=linear)"
+            )
         self.process.check_sampler(sampler, sample_steps)
         self._check_guidance(guidance, "model.guidance")
         self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup)
