@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from genlab.config import choices_of, compose, config_dir, load_group_file, parse_argv, parse_value
 from genlab.errors import ConfigError
@@ -159,6 +160,13 @@ def _argv_for(group: str, choice: str, tmp_path: Path) -> list[str]:
         argv.append(f"data.path={tmp_path}")
     if group == "model" and choice == "gpt_feedback":  # read when training starts, not when built
         argv.append(f"model.init_from={tmp_path}/gpt_run")
+    if group == "experiment" and choice.startswith("latent_"):  # read when built: an untrained first stage will do
+        config = OmegaConf.to_container(compose(["model=autoencoder", "data=mnist5k"]), resolve=True)
+        torch.save(
+            {"genlab": {"config": config}, "state_dict": instantiate(config["model"]).state_dict()},
+            tmp_path / "ae.ckpt",
+        )
+        argv.append(f"model.first_stage={tmp_path / 'ae.ckpt'}")
     return argv
 
 

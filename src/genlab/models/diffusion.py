@@ -16,17 +16,25 @@ conditioning and classifier-free guidance, validation and `sample()` are the sam
   out = uncond + w (cond - uncond), so w = 1 is plain conditional sampling and w = 0 unconditional.
 - `val/loss`: the same noise and timesteps every epoch (seeded per batch), so it is comparable from
   epoch to epoch and the best checkpoint means something.
+- Latent generation (LDM, Rombach et al. 2022, arXiv:2112.10752, sec. 4): with `first_stage` (a
+  trained `model=autoencoder` run) the denoiser runs on `encode(x) * scale_factor` (unit variance, SD's
+  scale) and `sample()` returns `decode(z / scale_factor)`. The first stage is frozen: eval mode, no
+  gradients, outside the optimizer and the EMA. Its config node replaces the path in the saved
+  hyperparameters and its weights sit in the state dict (`first_stage.*`), so a checkpoint alone
+  rebuilds and samples without the autoencoder's run folder.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
+from genlab.checkpoints import is_checkpoint, read_checkpoint
 from genlab.errors import ConfigError
-from genlab.instantiate import instantiate
+from genlab.instantiate import instantiate, locate
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.models.step_logs import log_train_step
 from genlab.nets.ema import EMA
@@ -45,15 +53,37 @@ class DiffusionModule(L.LightningModule):
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
         val_seed: int = 0,
+        first_stage: str | dict[str, Any] | None = None,
     ) -> None:
         """Config nodes, built here so `DiffusionModule.load_from_checkpoint(path)` rebuilds the model:
         `net` a denoiser `(x, t, cond) -> x-shaped` (genlab.nets.UNet), `process` the noising
         process and its samplers, `optimizer` a partial node taking the parameters.
-        `sampler`, `sample_steps`, `eta`, `guidance`: what `sample()` uses unless told otherwise."""
+        `sampler`, `sample_steps`, `eta`, `guidance`: what `sample()` uses unless told otherwise.
+        `first_stage`: an autoencoder run folder or checkpoint (or, from a saved checkpoint, its config
+        node) to generate in the latent space of; `net`'s in_channels/image_size are then the data's,
+        checked against the first stage's, and the net is built for its latents."""
         super().__init__()
         self.save_hyperparameters()
-        self.net = instantiate(net)
-        self.process = instantiate(process)
+        self.first_stage = None
+        if first_stage is not None:
+            self.first_stage, node = load_first_stage(first_stage)
+            self.hparams.first_stage = node  # the checkpoint carries the config, the state dict the weights
+            net = latent_net(net, self.first_stage)
+        self.net = instantiate(net, "model.net")
+        self.process = instantiate(process, "model.process")
+        if self.first_stage is not None and self.process.clip_x0:
+            raise ConfigError(
+                "model.process.clip_x0=true would clamp latents to the pixel range [-1, 1]: "
+                "set model.process.clip_x0=false with model.first_stage"
+            )
+        ab_last = getattr(self.process, "alphas_cumprod", torch.ones(1))[-1]
+        if self.first_stage is not None and getattr(self.process, "prediction", None) == "epsilon" and ab_last < 1e-6:
+            # unclipped, epsilon's x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab): the first DDIM step multiplies the
+            # net's error by sqrt(ab_prev / ab_T) (~600 on the cosine schedule); sampled latents reached ~1e3
+            raise ConfigError(
+                f"model.process.prediction=epsilon with model.first_stage: alpha_bar at t=T is {float(ab_last):.1e}, "
+                "so unclipped sampling blows up: use model.process.prediction=v (or schedule=linear)"
+            )
         self.process.check_sampler(sampler, sample_steps)
         self._check_guidance(guidance, "model.guidance")
         self.ema = EMA(self.net, decay=ema_decay, warmup=ema_warmup)
@@ -96,6 +126,20 @@ class DiffusionModule(L.LightningModule):
             )
         return labels
 
+    def train(self, mode: bool = True) -> DiffusionModule:
+        super().train(mode)
+        if self.first_stage is not None:  # frozen whoever calls train(): in training mode a VQ codebook moves
+            self.first_stage.eval()
+        return self
+
+    @torch.no_grad()
+    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Images `(B, C, H, W)` -> what the denoiser models: `(B, c, h, w)` latents scaled to unit
+        variance with a first stage, else the images themselves."""
+        if self.first_stage is None:
+            return x
+        return self.first_stage.encode(x) * self.first_stage.scale_factor
+
     def setup(self, stage: str) -> None:
         strategy = type(self.trainer.strategy).__name__
         if "FSDP" in strategy or "DeepSpeed" in strategy:  # the EMA copy would be a second, unsharded model
@@ -121,12 +165,12 @@ class DiffusionModule(L.LightningModule):
         return self.process.loss(output, x0, noise, t)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self.net, batch[0], batch[1]).mean()
+        loss = self.loss(self.net, self.to_latent(batch[0]), batch[1]).mean()
         log_train_step(self, {"train/loss": loss})
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, labels = batch
+        x, labels = self.to_latent(batch[0]), batch[1]
         generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)  # same t and noise every epoch
         ema_loss = self.loss(self.ema.shadow, x, labels, generator).mean()
         generator.manual_seed(self.hparams.val_seed + batch_idx)
@@ -145,7 +189,8 @@ class DiffusionModule(L.LightningModule):
         eta: float | None = None,
     ) -> torch.Tensor:
         """`n` images `(n, C, H, W)` from the EMA weights, in [-1, 1] unless `model.process.clip_x0`
-        is false. A conditional model given no labels draws the classes in turn (0, 1, 2, ...).
+        is false (with a first stage: decoded latents, in [-1, 1]). A conditional model given no labels
+        draws the classes in turn (0, 1, 2, ...).
         `steps`, `guidance`, `sampler` and `eta` default to the config's; steps < 1 is refused."""
         hp = self.hparams
         sampler, eta = sampler or hp.sampler, hp.eta if eta is None else eta
@@ -175,7 +220,20 @@ class DiffusionModule(L.LightningModule):
             return uncond + guidance * (cond - uncond)
 
         # In [-1, 1] when model.process.clip_x0 (pixels, the default); unclipped when false (latents).
-        return self.process.sample(denoise, noise, sampler=sampler, steps=steps, eta=eta)
+        x = self.process.sample(denoise, noise, sampler=sampler, steps=steps, eta=eta)
+        if self.first_stage is None:
+            return x
+        return self.first_stage.decode(x / self.first_stage.scale_factor)  # (n, C, H, W) in [-1, 1]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # genlab.load_model rebuilds from the run config a callback stored (before this hook runs): give it
+        # the first stage's node instead of its path, so the checkpoint alone loads (weights: state_dict).
+        info = checkpoint.get("genlab")
+        if self.first_stage is None or info is None:
+            return
+        config = info["config"]
+        model = {**config["model"], "first_stage": self.hparams.first_stage}
+        checkpoint["genlab"] = {**info, "config": {**config, "model": model}}
 
     # --- anomaly score (genlab.apps.scores asks every family for one) -------------------------------
 
@@ -194,6 +252,7 @@ class DiffusionModule(L.LightningModule):
                 "model.net.conditioning.drop_prob: this conditional model was trained without label dropout, "
                 "so it has no unconditional prediction to score with"
             )
+        x = self.to_latent(x)
         generator = torch.Generator().manual_seed(seed)
         cond = conditioning.null(len(x), x.device) if conditioning is not None else None
         total = torch.zeros(len(x), device=x.device)
@@ -203,3 +262,49 @@ class DiffusionModule(L.LightningModule):
             output = self.ema.shadow(self.process.noisy(x, noise, t), self.process.net_time(t), cond)
             total += self.process.loss(output, x, noise, t).float()
         return total / k
+
+
+# --- the first stage of a latent model ------------------------------------------------------------
+
+FIRST_STAGE_HINT = (
+    'train one first (make train MODEL=autoencoder ARGS="data=mnist5k") and pass its run folder: '
+    "model.first_stage=logs/autoencoder/<run>"
+)
+
+
+def load_first_stage(spec: str | dict[str, Any]) -> tuple[L.LightningModule, dict[str, Any]]:
+    """(the frozen autoencoder, its config node) from a run folder or checkpoint path, or from the node
+    a latent model's checkpoint saved (its weights then come with that checkpoint's state dict)."""
+    if isinstance(spec, dict):
+        model = instantiate(spec, "model.first_stage")
+    else:
+        path = Path(spec)
+        if (path / "checkpoints").is_dir():  # a run folder: its last checkpoint, as genlab.sample reads it
+            path = path / "checkpoints" / "last.ckpt"
+        if not is_checkpoint(path):
+            raise ConfigError(f"model.first_stage='{spec}': no autoencoder checkpoint there; {FIRST_STAGE_HINT}")
+        checkpoint = read_checkpoint(path)
+        spec = checkpoint.get("genlab", {}).get("config", {}).get("model")
+        target = locate(spec["_target_"]) if isinstance(spec, dict) and "_target_" in spec else None
+        if not all(hasattr(target, name) for name in ("encode", "decode", "latent_shape")):
+            family = spec.get("_target_", "?").rsplit(".", 1)[-1] if isinstance(spec, dict) else "not a genlab run"
+            raise ConfigError(f"model.first_stage='{path}' is not an autoencoder run ({family}); {FIRST_STAGE_HINT}")
+        model = instantiate(spec, "model.first_stage")
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+    return model.requires_grad_(False).eval(), spec
+
+
+def latent_net(net: dict[str, Any], first_stage: L.LightningModule) -> dict[str, Any]:
+    """The denoiser's node for the first stage's latents: its in_channels/image_size (the data's, by
+    interpolation) must be what the autoencoder was trained on, and become the latent's."""
+    data = (net.get("in_channels"), net.get("image_size"))
+    trained = (first_stage.hparams.get("channels"), first_stage.hparams.get("image_size"))
+    if data != trained:
+        raise ConfigError(
+            f"model.first_stage: the autoencoder was trained on {trained[0]}x{trained[1]}x{trained[1]} images, "
+            f"the data are {data[0]}x{data[1]}x{data[1]} (data.channels x data.image_size): "
+            "train a first stage on this data"
+        )
+    c, h, _ = first_stage.latent_shape
+    return {**net, "in_channels": c, "image_size": h}  # square latents (h == w) of square images
