@@ -21,7 +21,7 @@ from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 from genlab.models import VAEModule
 from genlab.run import RESUME_ENV, RUN_DIR_ENV, prepare_run
-from genlab.train import choose_threads, main, train
+from genlab.train import choose_threads, main, run_summary, train
 
 SMALL_VAE = ("model.encoder.hidden_features=[64,32]",)
 
@@ -256,3 +256,15 @@ def test_a_run_uses_and_reports_its_thread_count(log_dir: Path, monkeypatch, cap
         train(compose([f"log_dir={log_dir}", "trainer=debug", "trainer.max_epochs=1", "threads=2"]))
     assert seen[-1][0] == 2 and "Torch threads: 2 (threads=2)" in caplog.text
     assert main([f"log_dir={log_dir}", "threads=0"]) == 2
+
+
+def test_train_it_longer_advice_names_the_runs_experiment_and_data(tmp_path: Path) -> None:
+    """Following the summary's advice must rebuild the run's nets: an experiment's run relaunched as its
+    bare family would build the default net and fail to load the checkpoint."""
+    from types import SimpleNamespace
+
+    cfg = compose(["experiment=vae_mnist5k"])
+    trainer = SimpleNamespace(global_step=10, checkpoint_callback=None, max_epochs=30)
+    advice = [line for line in run_summary(trainer, cfg, tmp_path).splitlines() if "train it longer" in line]
+    assert len(advice) == 1 and "model=vae experiment=vae_mnist5k data=mnist5k" in advice[0]
+    assert f"ckpt_path={tmp_path}" in advice[0] and "trainer.max_epochs=<more than 30>" in advice[0]

@@ -157,7 +157,13 @@ def run_summary(trainer: L.Trainer, cfg: DictConfig, run_dir: Path) -> str:
     lines.append(f"  score it:        make eval RUN={run_dir}")
     budget = "max_steps" if (cfg.trainer.get("max_steps") or -1) > 0 else "max_epochs"
     more = f"trainer.{budget}=<more than {getattr(trainer, budget)}>"
-    lines.append(f"  train it longer: python -m genlab.train model={cfg.groups.model} ckpt_path={run_dir} {more}")
+    # The run's own recipe: without its experiment (and data) a relaunch would build the family's default
+    # net on the default data and fail to load the checkpoint.
+    recipe = " ".join(f"{g}={cfg.groups[g]}" for g in ("model", EXPERIMENT, "data") if cfg.groups.get(g))
+    lines.append(
+        f"  train it longer: python -m genlab.train {recipe} ckpt_path={run_dir} {more}"
+        "   (plus any other key=value the run was given)"
+    )
     return "\n".join(lines)
 
 
