@@ -93,3 +93,20 @@ def tiny_gpt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_gpt_data_args(run_dir: Path) -> list[str]:
     """The data settings `tiny_gpt_run` was trained with (a fine-tuning run must use the same)."""
     return [f"data.path={run_dir.parent.parent / 'corpus.txt'}", "data.block_size=32", "data.batch_size=8"]
+
+
+class PoolFeatures(torch.nn.Module):
+    """Stands for Inception's pool features (no weights file here): a fixed projection of 8x8 images,
+    a cache key, and no classifier head. Every instance is the same net (two writers, one cache key)."""
+
+    num_features = 16
+
+    def __init__(self, key: str = "pool-features-test") -> None:
+        super().__init__()
+        self.key = key
+        self.proj = torch.nn.Linear(64, 16)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1).float())

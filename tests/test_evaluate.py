@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PoolFeatures
 
 from genlab import evaluate
 from genlab.config import compose
@@ -69,21 +70,6 @@ VAE = ("model=vae", "model.encoder.hidden_features=[64,32]", "trainer=debug")
 TINY_DIFFUSION = ("model.net.base_channels=8", "model.net.channel_mults=[1,2]", "model.net.num_heads=2")
 
 
-class PoolFeatures(torch.nn.Module):
-    """Stands for Inception's pool features (no weights file here): a fixed projection, no classifier head."""
-
-    num_features = 16
-    key = "pool-features-eval-test"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(64, 16)
-        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.flatten(1).float())
-
-
 def test_conditional_model_with_inception_like_features_samples_on_the_requested_device(
     tmp_path_factory, cache: Path, monkeypatch, capsys
 ) -> None:
@@ -109,7 +95,7 @@ def test_conditional_model_with_inception_like_features_samples_on_the_requested
 
     monkeypatch.setattr(evaluate, "load", recording_load)
     monkeypatch.setattr(evaluate, "draw", recording_draw)
-    monkeypatch.setattr(evaluate, "make_features", lambda *args: PoolFeatures())
+    monkeypatch.setattr(evaluate, "make_features", lambda *args: PoolFeatures("pool-features-eval-test"))
     assert main([str(run), "n=100", "device=cpu", f"cache_dir={cache}"]) == 0
     ((moves_before_draw, device),) = at_draw
     assert "cpu" in moves_before_draw  # validate() did move it (the premise)

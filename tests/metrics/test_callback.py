@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import PoolFeatures
 
 from genlab.errors import ConfigError
 from genlab.metrics import SampleMetrics, callback
@@ -56,21 +56,6 @@ def test_bad_settings_are_one_line() -> None:
         SampleMetrics(every_n_epochs=1, num_samples=10)
 
 
-class PoolFeatures(torch.nn.Module):
-    """Stands for Inception's pool features (no weights file here): a fixed projection, no classifier head."""
-
-    num_features = 16
-    key = "pool-features-callback-test"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(64, 16)
-        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.flatten(1).float())
-
-
 def test_a_conditional_model_on_features_without_a_classifier_head_logs_fid_without_accuracy(
     make_config, log_dir: Path, cache_dir: Path, monkeypatch
 ) -> None:
@@ -80,7 +65,7 @@ def test_a_conditional_model_on_features_without_a_classifier_head_logs_fid_with
 
     def inception_like(datamodule, weights_path, cache_dir):
         asked.append(weights_path)
-        return PoolFeatures()
+        return PoolFeatures("pool-features-callback-test")
 
     monkeypatch.setattr(callback, "make_features", inception_like)
     cfg = make_config(

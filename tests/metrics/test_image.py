@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PoolFeatures
 from torchmetrics.image import FrechetInceptionDistance
 
 from genlab.errors import DataError
@@ -68,22 +69,6 @@ def test_samples_of_another_shape_are_refused(features: ClassifierFeatures, digi
 def test_real_features_are_cached(features: ClassifierFeatures, digits, cache_dir: Path) -> None:
     image_metrics(digits["test"][0], digits["train"][0], features=features, cache_dir=cache_dir)
     assert list((cache_dir / "metrics").glob("features-*.pt"))
-
-
-class PoolFeatures(torch.nn.Module):
-    """Stands for Inception's pool features: a fixed projection, a cache key, and no classifier head."""
-
-    num_features = 16
-    key = "pool-features-test"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(64, 16)
-        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
-        torch.nn.init.zeros_(self.proj.bias)  # the same net in every instance (two writers, one cache key)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.flatten(1).float())
 
 
 def test_labels_with_features_without_a_classifier_head_skip_accuracy_with_a_note(digits, caplog) -> None:

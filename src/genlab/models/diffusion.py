@@ -37,6 +37,7 @@ from genlab.errors import ConfigError
 from genlab.instantiate import instantiate, locate
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.models.step_logs import log_train_step
+from genlab.nets.conditioning import check_labels
 from genlab.nets.ema import EMA
 
 
@@ -110,21 +111,6 @@ class DiffusionModule(L.LightningModule):
     def conditional(self) -> bool:
         """Whether `sample(labels=...)` applies (`genlab.sample` and `genlab.evaluate` ask)."""
         return self.conditioning is not None
-
-    def _check_labels(self, labels: torch.Tensor, n: int) -> torch.Tensor:
-        if self.conditioning is None:
-            raise ConfigError("sample(labels=...): the model is unconditional (model.net.conditioning is null)")
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
-        if len(labels) != n:
-            raise ConfigError(f"sample(labels=...): got {len(labels)} labels for n={n} samples")
-        classes = self.conditioning.num_classes
-        bad = labels[(labels < 0) | (labels >= classes)]
-        if len(bad):
-            raise ConfigError(
-                f"sample(labels=...): label {int(bad[0])} is outside the data's classes 0..{classes - 1} "
-                f"(data.num_classes={classes})"
-            )
-        return labels
 
     def train(self, mode: bool = True) -> DiffusionModule:
         super().train(mode)
@@ -200,7 +186,8 @@ class DiffusionModule(L.LightningModule):
         guidance = hp.guidance if guidance is None else guidance
         self._check_guidance(guidance, "sample(guidance=...)")
         if labels is not None:
-            labels = self._check_labels(labels, n)
+            classes = self.conditioning.num_classes if self.conditioning is not None else None
+            labels = check_labels(labels, n, classes, self.device, "model.net.conditioning is null", "data.num_classes")
         elif self.conditioning is not None:
             labels = torch.arange(n, device=self.device) % self.conditioning.num_classes
         net = self.ema.shadow

@@ -53,6 +53,7 @@ from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 from genlab.models.gan_losses import gan_loss, gradient_penalty, r1_penalty
 from genlab.models.step_logs import logs_this_step
+from genlab.nets.conditioning import check_labels
 from genlab.nets.ema import EMA
 
 
@@ -255,29 +256,13 @@ class GANModule(L.LightningModule):
         Conditional: `labels` `(n,)` in 0..num_classes-1, by default 0, 1, ..., 9, 0, 1, ... so a grid
         shows every class; an unconditional model refuses labels."""
         if labels is not None:
-            labels = self._check_labels(labels, n)
+            classes = self.hparams.num_classes if self.hparams.conditional else None
+            labels = check_labels(labels, n, classes, self.device, "model.conditional=false", "model.num_classes")
         elif self.hparams.conditional:
             labels = torch.arange(n, device=self.device) % self.hparams.num_classes
         z = torch.randn(n, self.hparams.latent_dim, device=self.device)
         net = self.generator_ema if ema else self.generator
         return net(z, labels).float().clamp(-1, 1)
-
-    def _check_labels(self, labels: torch.Tensor | list[int], n: int) -> torch.Tensor:
-        """`labels` as `(n,)` int64 on the module's device, or a one-line error (as DiffusionModule's):
-        an embedding would index out of range, or an unconditional G would silently ignore them."""
-        if not self.hparams.conditional:
-            raise ConfigError("sample(labels=...): the model is unconditional (model.conditional=false)")
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
-        if len(labels) != n:
-            raise ConfigError(f"sample(labels=...): got {len(labels)} labels for n={n} samples")
-        classes = self.hparams.num_classes
-        bad = labels[(labels < 0) | (labels >= classes)]
-        if len(bad):
-            raise ConfigError(
-                f"sample(labels=...): label {int(bad[0])} is outside the data's classes 0..{classes - 1} "
-                f"(model.num_classes={classes})"
-            )
-        return labels
 
     # --- anomaly score (genlab.apps.scores asks every family for one) -------------------------------
 

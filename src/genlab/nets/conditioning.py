@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genlab.errors import ConfigError
+
 
 class LabelEmbedding(nn.Module):
     """Class labels `(B,)` int64 in [0, num_classes) to `(B, dim)`; `null_label` (= num_classes)
@@ -43,3 +45,24 @@ class LabelEmbedding(nn.Module):
             dropped = torch.rand(labels.shape, device=labels.device) < self.drop_prob
             labels = labels.masked_fill(dropped, self.null_label)
         return self.table(labels)
+
+
+def check_labels(
+    labels: torch.Tensor | list[int], n: int, num_classes: int | None, device: torch.device, why_unconditional: str,
+    classes_key: str,
+) -> torch.Tensor:  # fmt: skip
+    """`sample(labels=...)` as `(n,)` int64 on `device`, or a one-line ConfigError naming what to change: an
+    unconditional net (`num_classes` None) would silently ignore labels, an embedding would index out of
+    range. `why_unconditional` and `classes_key` name the family's config keys in the message."""
+    if num_classes is None:
+        raise ConfigError(f"sample(labels=...): the model is unconditional ({why_unconditional})")
+    labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
+    if len(labels) != n:
+        raise ConfigError(f"sample(labels=...): got {len(labels)} labels for n={n} samples")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ConfigError(
+            f"sample(labels=...): label {int(bad[0])} is outside the data's classes 0..{num_classes - 1} "
+            f"({classes_key}={num_classes})"
+        )
+    return labels
