@@ -184,6 +184,8 @@ def _run_module(args: list[str], timeout: float = 300) -> subprocess.CompletedPr
                           timeout=timeout)  # fmt: skip
 
 
+# slow: two processes for ~50 s on 2 cores; make test-all runs it (DDP stays in make test: test_train.py)
+@pytest.mark.slow
 def test_fsdp_fit_samples_checkpoints_and_resumes_on_two_cpu_processes(tmp_path: Path) -> None:
     """Lightning's FSDP strategy for real (gloo, 2 processes), sharded checkpoints: the GPT trains
     with weight decay on its matrices, samples at every epoch end (whole weights gathered), writes a

@@ -208,6 +208,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+# slow: two processes streaming for ~90 s on 2 cores; make test-all runs it
+@pytest.mark.slow
 def test_two_process_ddp_ranks_read_disjoint_samples(image_chunks: Path, tmp_path: Path) -> None:
     """Two CPU processes under DDP: every rank trains as many batches, and in an epoch no image is
     seen by both ranks."""

@@ -158,6 +158,8 @@ def test_resume_restores_both_optimizers_the_schedulers_and_the_ema_exactly(make
     assert resumed["lr_schedulers"] == unbroken["lr_schedulers"]
 
 
+# slow: two processes for ~20 s; make test-all runs it (plain DDP stays in make test: test_train.py)
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(log_dir: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("GENLAB_RUN_DIR", None)
