@@ -268,3 +268,16 @@ def test_train_it_longer_advice_names_the_runs_experiment_and_data(tmp_path: Pat
     advice = [line for line in run_summary(trainer, cfg, tmp_path).splitlines() if "train it longer" in line]
     assert len(advice) == 1 and "model=vae experiment=vae_mnist5k data=mnist5k" in advice[0]
     assert f"ckpt_path={tmp_path}" in advice[0] and "trainer.max_epochs=<more than 30>" in advice[0]
+
+
+def test_relaunch_without_the_runs_experiment_says_its_recipe_in_one_line(log_dir: Path) -> None:
+    """A DiT run resumed as bare model=diffusion builds a UNet: one line naming the run's experiment instead
+    of Lightning's wall of missing and unexpected keys, and the checkpoint is left as it was."""
+    small = ["model.net.hidden_size=32", "model.net.depth=1", "model.net.num_heads=2"]
+    common = [f"log_dir={log_dir}", "trainer=debug", "logger=none", "run_name=a", "trainer.max_steps=1"]
+    train(compose(["experiment=diffusion_dit", *small, *common]))
+    last = log_dir / "diffusion" / "a" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    with pytest.raises(ConfigError, match="trained with model=diffusion experiment=diffusion_dit data=digits") as err:
+        train(compose(["model=diffusion", *common, "ckpt_path=last", "trainer.max_steps=2"]))
+    assert "\n" not in str(err.value) and last.read_bytes() == before

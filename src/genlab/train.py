@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.callbacks import ProgressBar, RunInfoInCheckpoint
+from genlab.checkpoints import read_checkpoint
 from genlab.config import EXPERIMENT, GROUPS, SEED_ENV, choices_of, compose, to_yaml
 from genlab.errors import ConfigError, GenlabError
 from genlab.faults import PREEMPTED_EXIT_CODE, PreemptionCheckpoint, slurm_environment
@@ -96,7 +97,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for logger in loggers:
             logger.log_hyperparams(config)
         ckpt_path = str(run.resume_from) if run.resume_from else None
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
+        except RuntimeError as err:
+            if ckpt_path and "Error(s) in loading state_dict" in str(err):  # a wall of key names otherwise
+                raise ConfigError(weights_do_not_fit(Path(ckpt_path), cfg)) from None
+            raise
         if not trainer.interrupted:
             rank_zero_info(run_summary(trainer, cfg, run.dir))
         return {key: float(value) for key, value in trainer.callback_metrics.items()}
@@ -165,6 +171,21 @@ def run_summary(trainer: L.Trainer, cfg: DictConfig, run_dir: Path) -> str:
         "   (plus any other key=value the run was given)"
     )
     return "\n".join(lines)
+
+
+def weights_do_not_fit(ckpt: Path, cfg: DictConfig) -> str:
+    """One line for a relaunch whose command builds other nets than the checkpoint's (an experiment or
+    `model.*` size left out): the recipe the run was trained with, read from its checkpoint. The
+    checkpoint itself is untouched."""
+    saved = read_checkpoint(ckpt, mmap=True).get("genlab", {}).get("config", {})
+    groups = saved.get("groups") or {}
+    recipe = " ".join(f"{g}={groups[g]}" for g in ("model", EXPERIMENT, "data") if groups.get(g))
+    given = " ".join(f"{g}={cfg.groups[g]}" for g in ("model", EXPERIMENT, "data") if cfg.groups.get(g))
+    return (
+        f"ckpt_path={ckpt}: its weights do not fit the nets this command builds ({given}); the run was trained "
+        f"with {recipe or 'other settings'}: relaunch with those and the same model.* overrides it was given "
+        f"(its config.yaml lists them)"
+    )
 
 
 def usage() -> str:
