@@ -77,6 +77,7 @@ def export(run: str | Path, out: str | Path, n: int | None = None, seed: int = 0
             run=str(run_dir_of(ckpt)),
             license=license,
             is_text=is_text,
+            vocab_size=getattr(getattr(model, "tokenizer", None), "vocab_size", None),
         )
         (out / model_folder.CARD).write_text(model_card.card(info), encoding="utf-8")
     except BaseException:

@@ -13,16 +13,16 @@ from typing import Any
 
 import yaml
 
-# What each family is, in one line (README "Families").
+# What each family is, in one line, by its configs/model/<name>.yaml.
 FAMILIES = {
-    "VAEModule": "a variational autoencoder (Kingma & Welling 2014): images decoded from a Gaussian latent",
-    "FlowModule": "a Glow-style normalizing flow (Kingma & Dhariwal 2018): exact likelihood, invertible",
-    "DiffusionModule": "a denoising diffusion model (DDPM training, DDIM sampling) or a flow-matching model, "
-    "sampling from EMA weights",
-    "GANModule": "a DCGAN-style GAN with an EMA generator",
-    "GPTModule": "a decoder-only transformer language model (nanoGPT-style)",
-    "GPTFeedbackModule": "a GPT fine-tuned toward a reward (GRPO/DPO) from a base GPT run",
-    "AutoencoderModule": "a first-stage autoencoder (LDM, Rombach et al. 2022): images to latents and back",
+    "vae": "a variational autoencoder (Kingma & Welling 2014): images decoded from a Gaussian latent",
+    "flow": "a Glow-style normalizing flow (Kingma & Dhariwal 2018): exact likelihood, invertible",
+    "diffusion": "a denoising diffusion model (DDPM training, Ho et al. 2020; DDIM sampling)",
+    "flow_matching": "a flow-matching model (rectified flow: straight paths from noise to data, Euler/Heun sampling)",
+    "gan": "a DCGAN-style GAN with an EMA generator",
+    "gpt": "a decoder-only transformer language model (nanoGPT-style)",
+    "gpt_feedback": "a GPT fine-tuned toward a reward (GRPO/DPO) from a base GPT run",
+    "autoencoder": "a first-stage autoencoder (LDM, Rombach et al. 2022): images to latents and back",
 }
 # Hub data set ids where one exists (the `datasets:` field links to them); others keep genlab's name.
 HUB_DATASETS = {"mnist": "ylecun/mnist", "mnist5k": "ylecun/mnist"}
@@ -41,6 +41,7 @@ class CardInfo:
     run: str  # where the run was
     license: str = "other"
     is_text: bool = False
+    vocab_size: int | None = None
     extra_tags: list[str] = field(default_factory=list)
 
 
@@ -75,7 +76,7 @@ def front_matter(info: CardInfo) -> str:
 
 def what_it_is(info: CardInfo) -> str:
     model, data = info.config["model"], info.config.get("data", {})
-    what = FAMILIES.get(info.model_class, info.model_class)
+    what = FAMILIES.get(family_name(info), info.model_class)
     lines = [f"{what[0].upper()}{what[1:]}, trained with genlab on `{data_name(info)}`."]
     net = next((model[k] for k in ("net", "generator", "flow", "encoder") if isinstance(model.get(k), dict)), None)
     if net is not None:
@@ -86,6 +87,10 @@ def what_it_is(info: CardInfo) -> str:
         lines.append(
             f"Output: {data.get('channels', '?')}x{data['image_size']}x{data['image_size']} images in [-1, 1]."
         )
+    if info.is_text and data.get("tokenizer"):
+        vocab = f", {info.vocab_size} ids" if info.vocab_size else ""
+        context = data.get("block_size")
+        lines.append(f"Tokenizer: {data['tokenizer']}{vocab} (tokenizer.json); context {context} tokens.")
     if model.get("first_stage") is not None:
         lines.append(
             "Composed: the generator runs in the latent space of a frozen first-stage autoencoder whose "
@@ -101,9 +106,8 @@ def what_it_is(info: CardInfo) -> str:
 
 
 def usage(info: CardInfo) -> str:
-    call = (
-        "model.generate(prompt, max_new_tokens=200)" if info.is_text else "model.sample(16)  # (16, C, H, W) in [-1, 1]"
-    )
+    text_call = 'model.generate("The ", max_new_tokens=200)  # a string'
+    call = text_call if info.is_text else "model.sample(16)  # (16, C, H, W) in [-1, 1]"
     return (
         "```python\nimport genlab\n\n"
         f'model = genlab.load_model("{info.folder_name}")  # safetensors + config.yaml: no pickle\n'

@@ -39,7 +39,7 @@ TOKENIZER_KEY = "tokenizer"  # where a checkpoint (and so on_load_checkpoint) ke
 TRAINING_KEYS = {
     "epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks", "optimizer_states",
     "lr_schedulers", "hparams_name", "hyper_parameters", "datamodule_hparams_name", "datamodule_hyper_parameters",
-    "genlab", "MixedPrecision", "native_amp_scaling_state",
+    "genlab", "current_model_state", "averaging_state",  # EMAWeightAveraging: state_dict holds the average
 }  # fmt: skip
 
 
@@ -87,6 +87,14 @@ def plain(value: Any) -> Any:
     raise ConfigError(f"cannot write a {type(value).__name__} into {CONFIG}: only plain values")
 
 
+def _is_plain(value: Any) -> bool:
+    try:
+        plain(value)
+    except ConfigError:
+        return False
+    return True
+
+
 def save(model: L.LightningModule, checkpoint: dict[str, Any], folder: Path) -> list[Path]:
     """Write the weights, config and tokenizer of `model` (loaded from `checkpoint`) into `folder`."""
     from safetensors.torch import save_file
@@ -99,7 +107,9 @@ def save(model: L.LightningModule, checkpoint: dict[str, Any], folder: Path) -> 
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / WEIGHTS]
     save_file(tensors, written[0], metadata={"format": "pt", "genlab_format": str(FORMAT)})
-    extras = {k: v for k, v in checkpoint.items() if k not in TRAINING_KEYS}
+    # A precision plugin's state sits under its class name and holds tensors: only plain entries are a
+    # family's own (a tokenizer's state, a net's config node).
+    extras = {k: v for k, v in checkpoint.items() if k not in TRAINING_KEYS and _is_plain(v)}
     if TOKENIZER_KEY in extras:
         written.append(folder / TOKENIZER)
         tokenizers.save(tokenizers.from_state(extras.pop(TOKENIZER_KEY)), written[-1])
