@@ -159,7 +159,8 @@ def evaluation(info: CardInfo) -> str:
     head += f", N={report['n']} samples" if "n" in report else ""
     head += f"; features: {report['features']}" if "features" in report else ""
     head += f"; the family's figures on the {report.get('split', '?')} split):"
-    rows = ["| metric | value | held-out real images |", "|---|---|---|"]
+    held_out = f" ({int(metrics['real_test/n'])})" if "real_test/n" in metrics else ""
+    rows = [f"| metric | value | held-out real images{held_out} |", "|---|---|---|"]
     for key, value in metrics.items():
         if key.startswith(("real_test/", "accuracy/")) or key in ("n", "seed", "near_copy_threshold"):
             continue
@@ -209,12 +210,19 @@ def limitations(info: CardInfo) -> list[str]:
             f"Fidelity: FID {fid:.3g}{ratio_text} (N={n})"
             + (": samples are easy to tell from real data; treat them as rough drafts." if bad else ".")
         )
+    if (precision := metrics.get("precision")) is not None:
+        floor = metrics.get("real_test/precision")
+        if floor is not None and precision < 0.7 * floor:
+            out.append(
+                f"Off the data: precision {precision:.2f} against {floor:.2f} for real images: most samples fall "
+                "outside what the data looks like."
+            )
     if (recall := metrics.get("recall")) is not None:
         floor = metrics.get("real_test/recall")
         if floor is not None and recall < 0.7 * floor:
             out.append(
                 f"Diversity: recall {recall:.2f} against {floor:.2f} for real images: it covers only part of the "
-                "data (mode dropping, the small-scale form of bias: some kinds of digits/images are under-produced)."
+                "data (mode dropping, the small-scale form of bias: some kinds of images are under-produced)."
             )
     per_label = {k.split("/")[1]: v for k, v in metrics.items() if k.startswith("accuracy/")}
     if per_label:
