@@ -141,7 +141,7 @@ def test_the_card_is_the_hubs_format_and_its_limitations_follow_the_figures(
     assert "N=200" in body and "| fid | 90 | 3 |" in body  # the figures, with N and seed
     limits = body.split("## Intended use and limitations")[1]
     assert "25.0% of 200 samples are near-copies" in limits and "hug the training set" in limits
-    assert "easy to tell from real data" in limits and "mode dropping" in limits
+    assert "30.0 times that of held-out real images" in limits and "mode dropping" in limits
     assert json.loads((folder / "eval.json").read_text()) == report
     other = (_exported(diffusion_run, tmp_path / "b") / "README.md").read_text()  # no report: say how to make one
     assert "No evaluation report" in other and "make eval RUN=" in other and "near-copies" not in other

@@ -204,12 +204,18 @@ def limitations(info: CardInfo) -> list[str]:
             )
     if (fid := metrics.get("fid")) is not None:
         floor = metrics.get("real_test/fid")
-        ratio_text = f" against {floor:.3g} for held-out real images" if floor else ""
-        bad = floor is not None and fid > 3 * max(floor, 1e-9)
-        out.append(
-            f"Fidelity: FID {fid:.3g}{ratio_text} (N={n})"
-            + (": samples are easy to tell from real data; treat them as rough drafts." if bad else ".")
-        )
+        line = f"Fidelity: FID {fid:.3g} (N={n})"
+        if floor:  # graded by how far above the held-out real images' FID it is
+            ratio = fid / max(floor, 1e-9)
+            verdict = (
+                "close to real data in these features"
+                if ratio < 2
+                else "visibly short of real data"
+                if ratio < 20
+                else "easy to tell from real data; treat samples as rough drafts"
+            )
+            line += f", {ratio:.1f} times that of held-out real images ({floor:.3g}): {verdict}"
+        out.append(line + ".")
     if (precision := metrics.get("precision")) is not None:
         floor = metrics.get("real_test/precision")
         if floor is not None and precision < 0.7 * floor:
