@@ -7,6 +7,7 @@ follow the figures, and the upload goes through huggingface_hub (HfApi monkeypat
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import huggingface_hub
@@ -181,4 +182,8 @@ def test_push_needs_a_token_and_uploads_the_folder(
     assert calls[0] == ("create", "someone/digits")
     assert calls[1][1]["folder_path"] == str(folder) and calls[1][1]["repo_id"] == "someone/digits"
     assert "https://huggingface.co/someone/digits" in capsys.readouterr().out
+    assert export.main([str(diffusion_run), "repo=someone/digits"]) == 0  # a run: exported into <run>/export first
+    assert calls[-1][1]["folder_path"] == str(diffusion_run / "export")
+    assert model_folder.is_model_folder(diffusion_run / "export")
+    shutil.rmtree(diffusion_run / "export")
     assert export.main([str(folder), "repo=no-slash"]) == 2 and "repo: give <user>/<name>" in capsys.readouterr().err
