@@ -93,6 +93,7 @@ def test_the_folder_loads_without_pickle_and_samples_what_the_checkpoint_samples
             torch.testing.assert_close(value, reference.ema.shadow.state_dict()[key], rtol=0, atol=0)
     if family == "latent_run":  # the first stage travels inside, as a config node and its weights
         assert isinstance(config["model"]["first_stage"], dict)
+        assert f"model.first_stage={run.parent.parent / 'autoencoder' / 'ae'}" in (folder / "README.md").read_text()
         for key, value in loaded.first_stage.state_dict().items():
             torch.testing.assert_close(value, reference.first_stage.state_dict()[key], rtol=0, atol=0)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 
 from genlab import model_card, model_folder
 from genlab.checkpoints import read_checkpoint
@@ -56,6 +57,8 @@ def export(run: str | Path, out: str | Path, n: int | None = None, seed: int = 0
     if "genlab" not in checkpoint:
         raise ConfigError(f"{ckpt} is not a genlab checkpoint (no 'genlab' entry with its config)")
     run_config = checkpoint["genlab"]["config"]
+    if (run_dir_of(ckpt) / "config.yaml").is_file():  # the run's own: a first stage there is its run's path
+        run_config = yaml.safe_load((run_dir_of(ckpt) / "config.yaml").read_text(encoding="utf-8"))
     try:
         model_folder.save(load_model(ckpt), checkpoint, out)
         model = load_model(out)  # the card's samples come from the folder as a user gets it

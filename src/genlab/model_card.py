@@ -125,10 +125,9 @@ def training(info: CardInfo) -> str:
         value = trainer.get(key)
         if value is not None and value != -1:
             parts.append(f"trainer.{key}={value}")
-    if (first_stage := info.run_config.get("model", {}).get("first_stage")) is not None and isinstance(
-        first_stage, str
-    ):
-        parts.append(f"model.first_stage={first_stage}")
+    first_stage = info.run_config.get("model", {}).get("first_stage")
+    if first_stage is not None:  # the run folder's config names the autoencoder run; a checkpoint's, its node
+        parts.append(f"model.first_stage={first_stage if isinstance(first_stage, str) else '<autoencoder run>'}")
     trained = info.config["genlab"].get("trained", {})
     data = info.config.get("data", {})
     lines = [
