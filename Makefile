@@ -22,12 +22,15 @@ QUICK  ?=
 # make prepare: the data set to convert and the folder for its chunks
 SRC    ?=
 OUT    ?=
+# make export / push (README "Share your model"): the Hub model repo to push to, the card's licence
+REPO   ?=
+LICENSE ?=
 # make augment / anomaly / detect (README "Applications")
 HOLDOUT ?= 7
 RUNS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train prepare sweep agent sample eval results augment anomaly detect test test-all lint format bench clean
+.PHONY: help install train prepare sweep agent sample eval export push results augment anomaly detect test test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +72,16 @@ sample: install  ## draw from a run: make sample RUN=logs/vae/<run> N=64 [SEED= 
 eval: install  ## score a run (FID/KID/PRDC, test bits/dim or loss): make eval RUN=logs/vae/<run> [N=1000 SEED=0]
 	@test -n "$(RUN)" || { echo "make eval: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
 	$(PY) -m genlab.evaluate $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(ARGS)
+
+export: install  ## a model folder (safetensors, config, tokenizer, model card): make export RUN=logs/<model>/<run> OUT=<dir>
+	@test -n "$(RUN)" || { echo "make export: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
+	@test -n "$(OUT)" || { echo "make export: give the model folder to write: OUT=<dir> (new or empty)" >&2; exit 2; }
+	$(PY) -m genlab.export $(RUN) out=$(OUT) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(if $(LICENSE),license=$(LICENSE)) $(ARGS)
+
+push: install  ## export a run (or take an exported folder) and upload it to the Hub: make push RUN=<run> REPO=<user>/<name>
+	@test -n "$(RUN)" || { echo "make push: give the run or exported folder: RUN=logs/<model>/<run folder>" >&2; exit 2; }
+	@test -n "$(REPO)" || { echo "make push: give the Hub model repo: REPO=<user>/<name>" >&2; exit 2; }
+	$(PY) -m genlab.export $(RUN) repo=$(REPO) $(if $(OUT),out=$(OUT)) $(if $(LICENSE),license=$(LICENSE)) $(ARGS)
 
 results: install  ## train + evaluate every family, write docs/results.md (~40 min on 2 cores); QUICK=1: a smoke run
 	$(PY) -m genlab.results $(if $(QUICK),--quick) $(ARGS)

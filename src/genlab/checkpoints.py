@@ -3,7 +3,8 @@
 model, data module or tool; a model is rebuilt from the config a genlab checkpoint carries.
 
     read_checkpoint(path)   a checkpoint file or FSDP's sharded folder as one dict, `weights_only`
-    load_model(path)        the trained LightningModule, in eval mode (also `genlab.load_model`)
+    load_model(path)        the trained LightningModule, in eval mode (also `genlab.load_model`); `path`
+                            may be an exported model folder too (genlab.model_folder: no pickle)
     is_checkpoint(path)     a file, or a sharded folder holding `meta.pt`
     RESUME_ENV              the environment variable through which the entrypoint tells the processes
                             it starts (and a model's `configure_model`) which checkpoint the run resumes
@@ -21,6 +22,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
+from genlab import model_folder
 from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 
@@ -63,7 +65,10 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
 
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> L.LightningModule:
     """A trained model from a genlab checkpoint alone (its config travels inside it), in eval mode on
-    `map_location`. Reads files and FSDP's sharded folders; never unpickles code (`weights_only`)."""
+    `map_location`. Reads files and FSDP's sharded folders; never unpickles code (`weights_only`).
+    An exported model folder (`make export`) loads from its safetensors and YAML, without torch.load."""
+    if model_folder.is_model_folder(ckpt_path):
+        return model_folder.load(ckpt_path, map_location)
     checkpoint = read_checkpoint(ckpt_path)
     if "genlab" not in checkpoint:
         raise ConfigError(f"{ckpt_path} is not a genlab checkpoint (no 'genlab' entry with its config)")

@@ -32,11 +32,11 @@ from genlab.errors import ConfigError, GenlabError
 from genlab.instantiate import instantiate
 from genlab.metrics import check_count, has_classifier_head, image_metrics, make_features, split_tensors
 from genlab.metrics.image import NO_CLASSIFIER_HEAD, TEST_ADVICE
-from genlab.sample import load
+from genlab.sample import load, run_dir_of
 from genlab.sampling import BATCH_SIZE, class_labels, draw, is_conditional, num_classes
 
 OPTIONS: dict[str, tuple[type, str]] = {
-    "run": (str, "run folder (its checkpoints/last.ckpt) or a .ckpt file"),
+    "run": (str, "run folder (its checkpoints/last.ckpt), a .ckpt file or an exported model folder"),
     "n": (int, "samples scored by the image metrics (default 1000; at least 100)"),
     "seed": (int, "seed of the samples and of the family's stochastic figures (default 0)"),
     "batch_size": (int, f"samples drawn at once (default {BATCH_SIZE})"),
@@ -174,9 +174,7 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         report["n"] = n
     report["metrics"] = metrics
     report["notes"] = {**NOTES, **getattr(model, "metric_notes", {}), **getattr(datamodule, "metric_notes", {})}
-    out = Path(
-        args.get("out") or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "eval.json"
-    )
+    out = Path(args.get("out") or run_dir_of(ckpt) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     report["written"] = str(out)

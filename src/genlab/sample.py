@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
+from genlab import model_folder
 from genlab.errors import ConfigError, GenlabError
 from genlab.instantiate import instantiate
 from genlab.run import load_model, read_checkpoint
@@ -44,7 +45,7 @@ from genlab.sampling import (  # the seeded loop, below the commands (the metric
 # Command-line options: type, help. The model-facing ones go to sample()/generate() by the same name
 # ("label" as `labels`, one per sample).
 OPTIONS: dict[str, tuple[type, str]] = {
-    "run": (str, "run folder (its checkpoints/last.ckpt) or a .ckpt file"),
+    "run": (str, "run folder (its checkpoints/last.ckpt), a .ckpt file or an exported model folder"),
     "n": (int, "number of samples (default 64)"),
     "seed": (int, "seed of the sampling RNG (default 0)"),
     "label": (int, "conditional models: the class of every sample (default: classes in turn)"),
@@ -62,7 +63,8 @@ MODEL_OPTIONS = ("steps", "guidance", "temperature")
 
 
 def resolve_checkpoint(run: str | Path) -> Path:
-    """A run folder's `checkpoints/last.ckpt`, or the checkpoint itself (a file, or FSDP's folder)."""
+    """A run folder's `checkpoints/last.ckpt`, or the checkpoint itself (a file, FSDP's folder, or an
+    exported model folder: `make export`)."""
     path = Path(run)
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints" / "last.ckpt"
@@ -72,12 +74,17 @@ def resolve_checkpoint(run: str | Path) -> Path:
 
 
 def run_dir_of(ckpt: Path) -> Path:
-    """The run folder of `<run>/checkpoints/<file>`, else the checkpoint's own folder."""
+    """The run folder of `<run>/checkpoints/<file>`, an exported model folder itself, else the
+    checkpoint's own folder."""
+    if model_folder.is_model_folder(ckpt):
+        return ckpt
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
 def checkpoint_config(path: Path) -> dict[str, Any]:
-    """The resolved run config a genlab checkpoint carries."""
+    """The resolved run config a genlab checkpoint carries (an exported folder: its config.yaml)."""
+    if model_folder.is_model_folder(path):
+        return model_folder.read_config(path)
     checkpoint = read_checkpoint(path)
     if "genlab" not in checkpoint:
         raise ConfigError(f"{path} is not a genlab checkpoint (no 'genlab' entry with its config)")
