@@ -25,9 +25,11 @@ OUT    ?=
 # make augment / anomaly / detect (README "Applications")
 HOLDOUT ?= 7
 RUNS   ?=
+# make demo: the port of the page
+PORT   ?= 7860
 
 .DEFAULT_GOAL := help
-.PHONY: help install train prepare sweep agent sample eval results augment anomaly detect test test-all lint format bench clean
+.PHONY: help install train prepare sweep agent sample eval demo results augment anomaly detect test test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,10 +37,10 @@ help:  ## list the targets
 # The stamp is rebuilt when pyproject.toml changes, so a later call reuses the environment at once.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	@touch $@
 
-install: $(VENV)/.installed  ## create .venv and install genlab with its dev tools
+install: $(VENV)/.installed  ## create .venv and install genlab with its dev tools and the demo page
 
 train: install  ## train a family on its default data: make train MODEL=vae ARGS="trainer.max_epochs=5"
 	$(PY) -m genlab.train model=$(MODEL) $(ARGS)
@@ -69,6 +71,10 @@ sample: install  ## draw from a run: make sample RUN=logs/vae/<run> N=64 [SEED= 
 eval: install  ## score a run (FID/KID/PRDC, test bits/dim or loss): make eval RUN=logs/vae/<run> [N=1000 SEED=0]
 	@test -n "$(RUN)" || { echo "make eval: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
 	$(PY) -m genlab.evaluate $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(ARGS)
+
+demo: install  ## a local web page to try runs, one tab each: make demo RUN=logs/diffusion/<run>[,logs/gpt/<run>] [PORT=7860]
+	@test -n "$(RUN)" || { echo "make demo: give the runs: RUN=logs/<model>/<run folder>[,<another>] (or .ckpt, or an exported folder)" >&2; exit 2; }
+	$(PY) -m genlab.demo "$(RUN)" port=$(PORT) $(ARGS)
 
 results: install  ## train + evaluate every family, write docs/results.md (~40 min on 2 cores); QUICK=1: a smoke run
 	$(PY) -m genlab.results $(if $(QUICK),--quick) $(ARGS)
