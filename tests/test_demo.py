@@ -75,6 +75,14 @@ def test_a_click_draws_what_make_sample_draws() -> None:
     assert isinstance(image, Image.Image) and image.width >= 32 * 2  # 8x8 digits enlarged, 2x2 grid
 
 
+@pytest.mark.parametrize(("sampler", "calls"), [("ddim", 3), ("heun", 5)])  # Heun: 2 steps - 1 net calls
+def test_progress_counts_the_denoiser_calls(sampler: str, calls: int) -> None:
+    entry = untrained("model=flow_matching" if sampler == "heun" else "model=diffusion", f"model.sampler={sampler}")
+    heard = []
+    _, _, status = generate(entry, {"n": 2, "steps": 3}, lambda done, total: heard.append((done, total)))
+    assert status.startswith("2 images") and heard == [(i, calls) for i in range(1, calls + 1)]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -102,9 +110,17 @@ def test_a_bug_is_one_line_in_the_page_and_a_traceback_in_the_log(caplog) -> Non
     assert "Traceback" in caplog.text
 
 
-def test_several_runs_one_entry_each_and_a_missing_one_is_one_line(tiny_gpt_run: Path, tmp_path: Path, capsys) -> None:
-    entries = load_entries(f"{tiny_gpt_run}, {tiny_gpt_run / 'checkpoints' / 'last.ckpt'}")
-    assert [e.title for e in entries] == ["gpt: base", "gpt: last.ckpt"]
+def test_several_runs_one_tab_each_and_a_missing_one_is_one_line(
+    tiny_gpt_run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = f"{tiny_gpt_run}, {tiny_gpt_run / 'checkpoints' / 'last.ckpt'}"
+    assert [e.title for e in load_entries(runs)] == ["gpt: base", "gpt: last.ckpt"]
+    served = []
+    monkeypatch.setattr("genlab.demo.launch", lambda app, host, port: served.append((app, host, port)))
+    assert main([runs, "port=7999", "device=cpu"]) == 0  # what make demo runs (the browser test serves one)
+    ((app, host, port),) = served
+    assert (host, port) == ("127.0.0.1", 7999) and "serving http://127.0.0.1:7999" in capsys.readouterr().out
+    assert [t.label for t in app.blocks.values() if type(t).__name__ == "Tab"] == ["gpt: base", "gpt: last.ckpt"]
     assert main([str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "genlab-demo: error: run: no checkpoint at" in err and err.count("\n") == 1

@@ -15,16 +15,19 @@ never calls out: analytics off, the default theme's fonts ship in the wheel, no 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from PIL import Image
 
 from genlab.errors import ConfigError, GenlabError
@@ -95,9 +98,7 @@ def controls(model: L.LightningModule, config: dict[str, Any]) -> list[Control]:
         classes = num_classes(model, config)
         found.append(Control("label", int, None, "every sample of this class", choices=tuple(range(classes))))
     if "steps" in taken:
-        sampler = hp.get("sampler")
-        steps = model.process.num_timesteps if sampler == "ddpm" else hp.get("sample_steps")
-        found.append(Control("steps", int, steps, f"sampling steps ({sampler} sampler)"))
+        found.append(Control("steps", int, default_steps(model), f"sampling steps ({hp.get('sampler')} sampler)"))
     if "guidance" in taken and is_conditional(model):  # guidance needs an unconditional branch
         found.append(Control("guidance", float, hp.get("guidance"), "classifier-free guidance; 1: none"))
     if "temperature" in taken:
@@ -105,9 +106,18 @@ def controls(model: L.LightningModule, config: dict[str, Any]) -> list[Control]:
     return found
 
 
-def generate(entry: Entry, values: dict[str, Any]) -> tuple[Image.Image | None, str | None, str]:
+def default_steps(model: L.LightningModule) -> int:
+    """What `sample()` takes when given no steps: every timestep for DDPM, else `sample_steps`."""
+    hp = model.hparams
+    return int(model.process.num_timesteps if hp.get("sampler") == "ddpm" else hp.get("sample_steps"))
+
+
+def generate(
+    entry: Entry, values: dict[str, Any], progress: Callable[[int, int | None], None] | None = None
+) -> tuple[Image.Image | None, str | None, str]:
     """What one click shows: (grid, texts, status line). Bad input gives (None, None, the one-line
-    error); anything else unexpected too, with its traceback in the server's log only."""
+    error); anything else unexpected too, with its traceback in the server's log only. `progress`
+    hears (net calls so far, the number expected or None) while a denoiser samples."""
     model, start = entry.model, time.perf_counter()
     values = {k: v for k, v in values.items() if v is not None and v != ""}
     n, seed = int(values.pop("n", 16)), int(values.pop("seed", 0))
@@ -120,13 +130,45 @@ def generate(entry: Entry, values: dict[str, Any]) -> tuple[Image.Image | None, 
         label = values.pop("label", None)
         label = None if label in (None, IN_TURN) else int(label)
         labels = class_labels(n, num_classes(model, entry.config), label) if is_conditional(model) else None
-        samples = draw(model, n, seed, labels, BATCH_SIZE, **values)
+        with counting_calls(model, progress, expected_calls(model, n, values.get("steps"))):
+            samples = draw(model, n, seed, labels, BATCH_SIZE, **values)
         return grid_image(samples), None, _done(f"{n} images", start, seed, values | {"label": label})
     except GenlabError as err:
         return None, None, f"error: {err}"
     except Exception as err:  # a bug, not bad input: the page gets one line, the log the traceback
         log.exception("genlab demo: sampling failed")
         return None, None, f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def expected_calls(model: L.LightningModule, n: int, steps: int | None) -> int | None:
+    """Net calls of a diffusion / flow matching draw (steps, Heun: 2 steps - 1, per batch), else None."""
+    sampler = model.hparams.get("sampler")
+    if sampler not in ("ddim", "ddpm", "euler", "heun"):
+        return None
+    steps = default_steps(model) if steps is None else int(steps)
+    return (2 * steps - 1 if sampler == "heun" else steps) * -(-n // BATCH_SIZE)
+
+
+@contextlib.contextmanager
+def counting_calls(model: L.LightningModule, progress: Callable | None, total: int | None) -> Iterator[None]:
+    """Reports each call of the net that samples (the EMA copy where the family keeps one)."""
+    net = getattr(getattr(model, "ema", None), "shadow", None)
+    net = getattr(model, "net", None) if net is None else net
+    if progress is None or not isinstance(net, torch.nn.Module):
+        yield
+        return
+    calls = 0
+
+    def hook(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+        progress(calls, total)
+
+    handle = net.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def grid_image(samples: Any) -> Image.Image:
@@ -197,7 +239,11 @@ def _tab(gr: Any, i: int, entry: Entry) -> None:
 
     def on_click(*values: Any, progress: Any = gr.Progress()) -> tuple[Any, str]:  # noqa: B008 (Gradio's way)
         progress(0, desc="sampling")  # the page shows it, with a timer, until the samples arrive
-        image, text, line = generate(entry, dict(zip((c.name for c in found), values, strict=True)))
+
+        def calls(done: int, total: int | None) -> None:
+            progress((done, total), desc="sampling", unit="net calls")
+
+        image, text, line = generate(entry, dict(zip((c.name for c in found), values, strict=True)), calls)
         return (text if is_text(entry.model) else image), line
 
     button.click(on_click, inputs=inputs, outputs=[output, status])
