@@ -51,7 +51,7 @@ def main() -> None:
             field.send_keys(str(value))
         browser.find_element(By.ID, "generate-0").click()
         wait.until(lambda c: c.find_elements(By.CSS_SELECTOR, "#grid-0 img"))
-        status = wait.until(lambda c: (t := c.find_element(By.ID, "status-0").text) and not t.startswith("sampling") and t)
+        status = wait.until(lambda c: c.find_element(By.ID, "status-0").text)  # empty until the draw ends
         args.out.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(args.out)
         print(f"wrote {args.out} ({status})")

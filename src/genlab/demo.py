@@ -44,8 +44,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
 }
 MAX_N = 256  # samples one click may ask for: the page waits for all of them
 TEXT_SEPARATOR = "\n\n----------\n\n"  # as `make sample` writes texts
-# Sharp pixels when the browser scales a small grid up (8x8 digits), instead of a blur.
-CSS = ".genlab-grid img { image-rendering: pixelated; }"
+# The grid fills its box, scaled up with sharp pixels (8x8 digits) instead of a blur.
+CSS = ".genlab-grid img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 IN_TURN = "classes in turn"  # the label menu's first entry: label None, as `make sample` without LABEL
 
 
@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         host, port = args.get("host") or "127.0.0.1", args.get("port") or 7860
         print(f"genlab-demo: serving http://{host}:{port} (Ctrl-C stops it)", flush=True)
         launch(app, host, port)
+    except KeyboardInterrupt:  # Ctrl-C while loading (once serving, Gradio closes the server itself)
+        return 130
     except GenlabError as err:
         print(f"genlab-demo: error: {err}", file=sys.stderr)
         return 2
