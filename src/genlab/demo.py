@@ -246,7 +246,9 @@ def _tab(gr: Any, i: int, entry: Entry) -> None:
         image, text, line = generate(entry, dict(zip((c.name for c in found), values, strict=True)), calls)
         return (text if is_text(entry.model) else image), line
 
-    button.click(on_click, inputs=inputs, outputs=[output, status])
+    # One draw at a time across all tabs: a draw seeds torch's global RNG (fork_rng), which two threads
+    # sampling at once would share, and a second draw would only slow the first on the same cores.
+    button.click(on_click, inputs=inputs, outputs=[output, status], concurrency_limit=1, concurrency_id="draw")
 
 
 def _input(gr: Any, control: Control, i: int) -> Any:
