@@ -28,9 +28,11 @@ LICENSE ?=
 # make augment / anomaly / detect (README "Applications")
 HOLDOUT ?= 7
 RUNS   ?=
+# make demo: the port of the page
+PORT   ?= 7860
 
 .DEFAULT_GOAL := help
-.PHONY: help install train prepare sweep agent sample eval export push results augment anomaly detect test test-all lint format bench clean
+.PHONY: help install train prepare sweep agent sample eval export push demo results augment anomaly detect test test-all lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,10 +40,10 @@ help:  ## list the targets
 # The stamp is rebuilt when pyproject.toml changes, so a later call reuses the environment at once.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	@touch $@
 
-install: $(VENV)/.installed  ## create .venv and install genlab with its dev tools
+install: $(VENV)/.installed  ## create .venv and install genlab with its dev tools and the demo page
 
 train: install  ## train a family on its default data: make train MODEL=vae ARGS="trainer.max_epochs=5"
 	$(PY) -m genlab.train model=$(MODEL) $(ARGS)
@@ -82,6 +84,10 @@ push: install  ## export a run (or take an exported folder) and upload it to the
 	@test -n "$(RUN)" || { echo "make push: give the run or exported folder: RUN=logs/<model>/<run folder>" >&2; exit 2; }
 	@test -n "$(REPO)" || { echo "make push: give the Hub model repo: REPO=<user>/<name>" >&2; exit 2; }
 	$(PY) -m genlab.export $(RUN) repo=$(REPO) $(if $(OUT),out=$(OUT)) $(if $(LICENSE),license=$(LICENSE)) $(ARGS)
+
+demo: install  ## a local web page to try runs, one tab each: make demo RUN=logs/diffusion/<run>[,logs/gpt/<run>] [PORT=7860]
+	@test -n "$(RUN)" || { echo "make demo: give the runs: RUN=logs/<model>/<run folder>[,<another>] (or .ckpt, or an exported folder)" >&2; exit 2; }
+	$(PY) -m genlab.demo "$(RUN)" port=$(PORT) $(ARGS)
 
 results: install  ## train + evaluate every family, write docs/results.md (~40 min on 2 cores); QUICK=1: a smoke run
 	$(PY) -m genlab.results $(if $(QUICK),--quick) $(ARGS)
