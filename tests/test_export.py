@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import huggingface_hub
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -188,3 +189,18 @@ def test_push_needs_a_token_and_uploads_the_folder(
     assert model_folder.is_model_folder(diffusion_run / "export")
     shutil.rmtree(diffusion_run / "export")
     assert export.main([str(folder), "repo=no-slash"]) == 2 and "repo: give <user>/<name>" in capsys.readouterr().err
+
+
+def test_the_demo_page_serves_an_exported_folder(diffusion_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """`make demo RUN=<exported folder>`: the page loads it without pickle and draws what the run draws."""
+    from genlab import demo
+
+    folder = _exported(diffusion_run, tmp_path)
+    _no_pickle(monkeypatch)
+    (entry,) = demo.load_entries(str(folder))
+    values = {"n": 4, "seed": 2, "steps": 2}
+    image, text, status = demo.generate(entry, dict(values))
+    assert image is not None and text is None and status.startswith("4 images"), status
+    monkeypatch.undo()
+    (from_run,) = demo.load_entries(str(diffusion_run))
+    assert np.array_equal(np.asarray(image), np.asarray(demo.generate(from_run, dict(values))[0]))
