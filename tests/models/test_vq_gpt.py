@@ -147,6 +147,18 @@ def test_the_checkpoint_alone_samples_in_a_new_process_and_sample_and_eval_work(
     assert {"fid", "precision", "recall", "test/loss"} <= set(report["metrics"]), json.dumps(report["metrics"])
 
 
+def test_the_anomaly_score_is_the_code_nll_marginal_over_classes(vq_ckpt: Path) -> None:
+    model = _model(vq_ckpt).eval()
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    score = model.anomaly_score(x)
+    codes = model.to_codes(x)  # (3, 4)
+    per_class = torch.stack([model.code_nll(codes, torch.full((3,), y)) for y in range(10)])  # nats per image
+    expected = -torch.log(torch.exp(-per_class.double()).mean(0)) / 4  # -log of the mean likelihood, per code
+    assert score.shape == (3,) and torch.allclose(score.double(), expected, rtol=1e-4)
+    unconditional = _model(vq_ckpt, "model.num_classes=0").eval()
+    assert torch.allclose(unconditional.anomaly_score(x), unconditional.code_nll(codes, None) / 4)
+
+
 def test_the_experiment_builds_for_7x7_codes_of_mnist5k(tmp_path: Path) -> None:
     argv = ["model=autoencoder", "data=mnist5k", "model.regularizer=vq"]
     config = OmegaConf.to_container(compose(argv), resolve=True)

@@ -158,6 +158,38 @@ class VQGPTModule(L.LightningModule):
                 f"{self.net.vocab_size}: use the first stage and classes it was trained with; {FIRST_STAGE_HINT}"
             )
 
+    @torch.no_grad()
+    def code_nll(self, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """-log p(codes | start token) in nats, summed over the h*w codes: `(B,)` for codes `(B, h*w)`."""
+        tokens = torch.cat([self.start_tokens(labels, len(codes)), codes[:, :-1]], dim=1)
+        logp = self.net(tokens)[..., : self.num_codes].float().log_softmax(-1)  # (B, T, K)
+        return -logp.gather(-1, codes.unsqueeze(-1)).squeeze(-1).sum(1)
+
+    @torch.no_grad()
+    def anomaly_score(self, x: torch.Tensor, k: int = 16, seed: int = 0) -> torch.Tensor:
+        """code NLL: -log p(codes) of the image's VQ codes in nats per code, exact (autoregressive); a
+        conditional model's p(codes) = mean over the classes of p(codes | class) (a uniform prior).
+
+        `(B,)` for images `(B, C, H, W)`, higher: less like the training data (genlab.apps.scores). It
+        scores the autoencoder's codes, so what the quantiser cannot tell apart it cannot either.
+        Deterministic: `k` and `seed` are unused."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            codes = self.to_codes(x)  # (B, T)
+            if not self.conditional:
+                return self.code_nll(codes, None) / codes.shape[1]
+            per_class = torch.stack(
+                [
+                    self.code_nll(codes, torch.full((len(x),), y, device=x.device))
+                    for y in range(self.hparams.num_classes)
+                ]
+            )  # (classes, B)
+            nll = -(torch.logsumexp(-per_class, dim=0) - math.log(self.hparams.num_classes))
+            return nll / codes.shape[1]
+        finally:
+            self.net.train(was_training)
+
     # --- sampling ----------------------------------------------------------------------------------
 
     @torch.no_grad()
