@@ -160,8 +160,9 @@ def _argv_for(group: str, choice: str, tmp_path: Path) -> list[str]:
         argv.append(f"data.path={tmp_path}")
     if group == "model" and choice == "gpt_feedback":  # read when training starts, not when built
         argv.append(f"model.init_from={tmp_path}/gpt_run")
-    if group == "experiment" and choice.startswith("latent_"):  # read when built: an untrained first stage will do
-        config = OmegaConf.to_container(compose(["model=autoencoder", "data=mnist5k"]), resolve=True)
+    if group == "experiment" and choice.startswith(("latent_", "vq_")):  # read when built: an untrained one will do
+        vq = ["model.regularizer=vq"] if choice.startswith("vq_") else []  # the VQ-GPT's first stage has codes
+        config = OmegaConf.to_container(compose(["model=autoencoder", "data=mnist5k", *vq]), resolve=True)
         torch.save(
             {"genlab": {"config": config}, "state_dict": instantiate(config["model"]).state_dict()},
             tmp_path / "ae.ckpt",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sweeps
+import torch
 from conftest import tiny_gpt_data_args
 from omegaconf import OmegaConf
 from wandb import wandb_agent
@@ -25,6 +26,7 @@ from wandb_offline import isolate_wandb, offline_runs, reset_wandb
 
 from genlab.config import compose, config_dir, parse_argv
 from genlab.errors import ConfigError
+from genlab.instantiate import instantiate
 from genlab.train import main
 
 SWEEP_FILES = sorted((config_dir() / "sweep").glob("*.yaml"))
@@ -156,6 +158,11 @@ def tiny_experiment_data(experiment: str, tmp_path: Path) -> tuple[str, ...]:
         return (f"data.path={smiles}", "data.block_size=32")
     if experiment == "gpt_music":
         return ("data.max_pieces=5", "data.val_fraction=0.2", "data.test_fraction=0.2", "data.block_size=32")
+    if experiment == "vq_gpt":  # an untrained VQ autoencoder of the 8x8 digits as the first stage (2x2 codes)
+        config = OmegaConf.to_container(compose(["model=autoencoder", "model.regularizer=vq"]), resolve=True)
+        ckpt = tmp_path / "vq.ckpt"
+        torch.save({"genlab": {"config": config}, "state_dict": instantiate(config["model"]).state_dict()}, ckpt)
+        return ("data=digits", f"model.first_stage={ckpt}")
     return ()
 
 

@@ -26,15 +26,14 @@ conditioning and classifier-free guidance, validation and `sample()` are the sam
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
-from genlab.checkpoints import is_checkpoint, read_checkpoint
 from genlab.errors import ConfigError
-from genlab.instantiate import instantiate, locate
+from genlab.instantiate import instantiate
+from genlab.models.first_stage import carry_first_stage, latent_net, load_first_stage
 from genlab.models.optim import matrix_names, weight_decay_groups
 from genlab.models.step_logs import log_train_step
 from genlab.nets.conditioning import check_labels
@@ -213,14 +212,8 @@ class DiffusionModule(L.LightningModule):
         return self.first_stage.decode(x / self.first_stage.scale_factor)  # (n, C, H, W) in [-1, 1]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # genlab.load_model rebuilds from the run config a callback stored (before this hook runs): give it
-        # the first stage's node instead of its path, so the checkpoint alone loads (weights: state_dict).
-        info = checkpoint.get("genlab")
-        if self.first_stage is None or info is None:
-            return
-        config = info["config"]
-        model = {**config["model"], "first_stage": self.hparams.first_stage}
-        checkpoint["genlab"] = {**info, "config": {**config, "model": model}}
+        if self.first_stage is not None:  # the checkpoint alone loads: the node replaces the path
+            carry_first_stage(checkpoint, self.hparams.first_stage)
 
     # --- anomaly score (genlab.apps.scores asks every family for one) -------------------------------
 
@@ -249,49 +242,3 @@ class DiffusionModule(L.LightningModule):
             output = self.ema.shadow(self.process.noisy(x, noise, t), self.process.net_time(t), cond)
             total += self.process.loss(output, x, noise, t).float()
         return total / k
-
-
-# --- the first stage of a latent model ------------------------------------------------------------
-
-FIRST_STAGE_HINT = (
-    'train one first (make train MODEL=autoencoder ARGS="data=mnist5k") and pass its run folder: '
-    "model.first_stage=logs/autoencoder/<run>"
-)
-
-
-def load_first_stage(spec: str | dict[str, Any]) -> tuple[L.LightningModule, dict[str, Any]]:
-    """(the frozen autoencoder, its config node) from a run folder or checkpoint path, or from the node
-    a latent model's checkpoint saved (its weights then come with that checkpoint's state dict)."""
-    if isinstance(spec, dict):
-        model = instantiate(spec, "model.first_stage")
-    else:
-        path = Path(spec)
-        if (path / "checkpoints").is_dir():  # a run folder: its last checkpoint, as genlab.sample reads it
-            path = path / "checkpoints" / "last.ckpt"
-        if not is_checkpoint(path):
-            raise ConfigError(f"model.first_stage='{spec}': no autoencoder checkpoint there; {FIRST_STAGE_HINT}")
-        checkpoint = read_checkpoint(path)
-        spec = checkpoint.get("genlab", {}).get("config", {}).get("model")
-        target = locate(spec["_target_"]) if isinstance(spec, dict) and "_target_" in spec else None
-        if not all(hasattr(target, name) for name in ("encode", "decode", "latent_shape")):
-            family = spec.get("_target_", "?").rsplit(".", 1)[-1] if isinstance(spec, dict) else "not a genlab run"
-            raise ConfigError(f"model.first_stage='{path}' is not an autoencoder run ({family}); {FIRST_STAGE_HINT}")
-        model = instantiate(spec, "model.first_stage")
-        model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["state_dict"])
-    return model.requires_grad_(False).eval(), spec
-
-
-def latent_net(net: dict[str, Any], first_stage: L.LightningModule) -> dict[str, Any]:
-    """The denoiser's node for the first stage's latents: its in_channels/image_size (the data's, by
-    interpolation) must be what the autoencoder was trained on, and become the latent's."""
-    data = (net.get("in_channels"), net.get("image_size"))
-    trained = (first_stage.hparams.get("channels"), first_stage.hparams.get("image_size"))
-    if data != trained:
-        raise ConfigError(
-            f"model.first_stage: the autoencoder was trained on {trained[0]}x{trained[1]}x{trained[1]} images, "
-            f"the data are {data[0]}x{data[1]}x{data[1]} (data.channels x data.image_size): "
-            "train a first stage on this data"
-        )
-    c, h, _ = first_stage.latent_shape
-    return {**net, "in_channels": c, "image_size": h}  # square latents (h == w) of square images

@@ -65,6 +65,48 @@ class WarmupCosine:
         return warmup_cosine(step, self.warmup_steps, self.decay_steps, self.min_ratio)
 
 
+def warmup_cosine_optimizer(module: L.LightningModule) -> dict[str, Any]:
+    """The GPT recipe for `module.net` (GPTModule, VQGPTModule): its `optimizer` node given two parameter
+    groups (weight decay on the matrices `module.decayed` only), stepped by `WarmupCosine` from its
+    `warmup_steps`, `lr_decay_steps` (null: the run's length) and `min_lr_ratio` hyperparameters."""
+    hp = module.hparams
+    optimizer = instantiate(hp.optimizer, "model.optimizer")(weight_decay_groups(module.net, module.decayed))
+    decay_steps = hp.lr_decay_steps or module.trainer.estimated_stepping_batches
+    if not math.isfinite(decay_steps):
+        raise ConfigError("model.lr_decay_steps is needed when the run has no length (trainer.max_steps)")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(hp.warmup_steps, int(decay_steps), hp.min_lr_ratio)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_schedule_kept(module: L.LightningModule) -> None:
+    """In `on_train_start`: a resumed run's scheduler state (restored before that hook) holds the schedule
+    it started with. A schedule key changed on resume would make the learning rate jump: refuse it,
+    naming the key."""
+    trainer = module.trainer
+    schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    if not isinstance(schedule, WarmupCosine):  # a subclass with a schedule of its own
+        return
+    started = {
+        "warmup_steps": schedule.warmup_steps,
+        "min_lr_ratio": schedule.min_ratio,
+        "lr_decay_steps": schedule.decay_steps,
+    }
+    for key, value in started.items():
+        asked = module.hparams[key]
+        if asked is not None and asked != value:
+            raise ConfigError(
+                f"model.{key}={asked}, but this run's learning rate schedule started with {value}: "
+                f"changing it on resume makes the learning rate jump; resume with model.{key}={value}"
+            )
+    if module.global_step and trainer.max_steps > schedule.decay_steps:
+        rank_zero_info(
+            f"The learning rate keeps this run's schedule: cosine decay over {schedule.decay_steps} steps, "
+            f"then min_lr_ratio={schedule.min_ratio} of the peak (steps beyond it train at that rate)"
+        )
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, where: str = "model.") -> None:
     """Refuse sampling settings that would fail (or sample the least likely tokens) at the first sample."""
     if temperature < 0:
@@ -207,38 +249,10 @@ class GPTModule(TextGeneration, L.LightningModule):
         self.build(tokenizers.from_state(checkpoint[TOKENIZER_KEY]))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = weight_decay_groups(self.net, self.decayed)
-        optimizer = instantiate(self.hparams.optimizer, "model.optimizer")(groups)
-        decay_steps = self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches
-        if not math.isfinite(decay_steps):
-            raise ConfigError("model.lr_decay_steps is needed when the run has no length (trainer.max_steps)")
-        schedule = WarmupCosine(self.hparams.warmup_steps, int(decay_steps), self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_cosine_optimizer(self)
 
     def on_train_start(self) -> None:
-        # A resumed run's scheduler state (restored before this hook) holds the schedule it started with.
-        # A schedule key changed on resume would make the learning rate jump: refuse it, naming the key.
-        schedule = self.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
-        if not isinstance(schedule, WarmupCosine):  # a subclass with a schedule of its own
-            return
-        started = {
-            "warmup_steps": schedule.warmup_steps,
-            "min_lr_ratio": schedule.min_ratio,
-            "lr_decay_steps": schedule.decay_steps,
-        }
-        for key, value in started.items():
-            asked = self.hparams[key]
-            if asked is not None and asked != value:
-                raise ConfigError(
-                    f"model.{key}={asked}, but this run's learning rate schedule started with {value}: "
-                    f"changing it on resume makes the learning rate jump; resume with model.{key}={value}"
-                )
-        if self.global_step and self.trainer.max_steps > schedule.decay_steps:
-            rank_zero_info(
-                f"The learning rate keeps this run's schedule: cosine decay over {schedule.decay_steps} steps, "
-                f"then min_lr_ratio={schedule.min_ratio} of the peak (steps beyond it train at that rate)"
-            )
+        check_schedule_kept(self)
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch  # (B, T) each

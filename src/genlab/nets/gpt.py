@@ -172,8 +172,11 @@ class GPT(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         use_cache: bool = True,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`idx` `(B, T)` followed by `max_new_tokens` sampled tokens: `(B, T + max_new_tokens)`.
+        `allowed` `(vocab_size,)` bool: only these tokens are drawn (the others' logits are set to -inf
+        before temperature, top-k and top-p; the VQ-GPT draws codes, never a class token).
 
         The model sees at most `block_size` tokens. When the context is full, it restarts from
         the newest `block_size // 2` tokens (one re-run of the cache every block_size / 2 tokens,
@@ -196,7 +199,10 @@ class GPT(nn.Module):
                 logits = self.forward(out[:, start:length], cache)
             else:
                 logits = self.forward(out[:, length - 1 : length], cache)
-            out[:, length] = sample_next(logits[:, -1].float(), temperature, top_k, top_p)
+            logits = logits[:, -1].float()  # (B, V)
+            if allowed is not None:
+                logits = logits.masked_fill(~allowed, float("-inf"))
+            out[:, length] = sample_next(logits, temperature, top_k, top_p)
         return out
 
 
