@@ -17,6 +17,7 @@ published MFU figures. Nets with a closed form may give one too (`genlab.nets.di
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,13 +45,14 @@ def flop_counter() -> fc.FlopCounterMode:
     return fc.FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
 
 
-def forward_flops(module: torch.nn.Module, *args: Any, **kwargs: Any) -> int:
-    """FLOPs of one `module(*args, **kwargs)` (no gradients recorded)."""
+def forward_flops(module: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """FLOPs of one `module(*args, **kwargs)` (no gradients recorded): a net, or any function of nets
+    (a family's loss, a first stage's `encode`)."""
     with torch.no_grad(), flop_counter() as counter:
         module(*args, **kwargs)
     return counter.get_total_flops()
 
 
-def train_flops_per_step(module: torch.nn.Module, *args: Any, **kwargs: Any) -> int:
+def train_flops_per_step(module: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     """FLOPs of one training step on this batch: forward + backward = 3 x forward."""
     return 3 * forward_flops(module, *args, **kwargs)
