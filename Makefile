@@ -116,8 +116,11 @@ format: install  ## rewrite the code in house style with ruff
 	$(PY) -m ruff check --fix src tests bench
 	$(PY) -m ruff format src tests bench
 
-bench: install  ## genlab vs a plain PyTorch loop, side by side: make bench MODEL=vae (prints the ratio)
-	$(PY) bench/$(MODEL)_step_time.py $(ARGS)
+# make bench MODEL=<family> runs bench/<family>_step_time.py; latent and dit are modes of the diffusion bench
+BENCH_latent := diffusion_step_time.py --latent
+BENCH_dit    := diffusion_step_time.py --net dit
+bench: install  ## genlab vs a plain PyTorch loop, side by side: make bench MODEL=vae (or autoencoder, latent, dit...; prints the ratio)
+	$(PY) bench/$(or $(BENCH_$(MODEL)),$(MODEL)_step_time.py) $(ARGS)
 
 clean:  ## remove caches and build files (keeps .venv, logs/ and data/)
 	rm -rf build src/*.egg-info .ruff_cache .pytest_cache

@@ -5,6 +5,7 @@ only says what one step of its family computes.
 A step's time runs from the start of an epoch's first batch to the end of its last, divided by its
 steps: data loading, forward, backward, optimizer, and everything Lightning and genlab add per step.
 The first epoch is warm-up; the median of the others is reported. Validation is off on both sides.
+`trainer.limit_train_batches=N` (an integer) shortens every epoch on both sides alike.
 """
 
 from __future__ import annotations
@@ -75,30 +76,42 @@ def genlab_epochs(
 def plain_epochs(
     overrides: list[str],
     epochs: int,
-    loss_of: Callable[[L.LightningModule, torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_of: Callable[[L.LightningModule, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     after_step: Callable[[L.LightningModule], None] | None = None,
+    step_of: Callable[[L.LightningModule, list[torch.optim.Optimizer], torch.Tensor, torch.Tensor], None] | None = None,
 ) -> float:
     """Seconds per step of the same math with no framework: the family's own model, data and optimizer
     (and LR schedule, and gradient clipping at the trainer's gradient_clip_val, as Lightning applies
-    them); `loss_of(model, x, y)` is the family's training loss, `after_step(model)` e.g. an EMA update."""
+    them); `loss_of(model, x, y)` is the family's training loss, `after_step(model)` e.g. an EMA update.
+    `step_of(model, optimizers, x, y)` instead does a whole step by hand (several optimizers, as a
+    discriminator's)."""
     cfg = compose(overrides)
     L.seed_everything(cfg.seed, verbose=False)
     datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     configured = model.configure_optimizers()
+    optimizers = configured if isinstance(configured, (list, tuple)) else None
     optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
     schedule = configured.get("lr_scheduler", {}).get("scheduler") if isinstance(configured, dict) else None
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    parameters = [p for group in optimizer.param_groups for p in group["params"]] if optimizers is None else []
     clip = cfg.trainer.get("gradient_clip_val")
+    limit = cfg.trainer.get("limit_train_batches")
+    limit = limit if isinstance(limit, int) and limit > 0 else None  # a fraction or 1.0: the whole epoch
     model.train()
     per_step = []
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         steps = 0
         for x, y in loader:
+            if steps == limit:
+                break
             if steps == 0:
                 start = clock()
+            if step_of is not None:
+                step_of(model, optimizers or [optimizer], x, y)
+                steps += 1
+                continue
             loss = loss_of(model, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

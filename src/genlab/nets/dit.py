@@ -228,3 +228,19 @@ def dit_preset(name: str, **kwargs) -> DiT:
         raise ValueError(f"DiT preset '{name}': use S, B, L or XL, then /2, /4 or /8 (e.g. XL/2)")
     depth, hidden_size, num_heads = DIT_SIZES[size]
     return DiT(patch_size=int(patch), depth=depth, hidden_size=hidden_size, num_heads=num_heads, **kwargs)
+
+
+def dit_forward_flops(net: DiT, batch: int = 1) -> int:
+    """FLOPs of one forward of `net` on `batch` images, in closed form: its matmuls and attention, a
+    multiply-add counting 2 (as FlopCounterMode; the paper's Gflops count it once, so they are half).
+    T tokens of width D, M the MLP width, per block: adaLN 6D^2 (one vector per image), qkv 3TD^2,
+    QK^T and AV 2T^2 D, the projection TD^2, the MLP 2TDM. A label embedder is a lookup (no FLOPs)."""
+    d, depth = net.patch_embed.out_channels, len(net.blocks)
+    tokens, patch = net.grid**2, net.patch_size**2
+    mlp = net.blocks[0].mlp[0].out_features if depth else 0
+    embed = tokens * net.in_channels * patch * d + net.frequency_dim * d + d * d  # patches; the time MLP
+    per_image_block = 6 * d * d  # adaLN-Zero's shift, scale and gate for both branches
+    per_token_block = 3 * d * d + 2 * tokens * d + d * d + 2 * d * mlp  # qkv; QK^T and AV; projection; MLP
+    final = 2 * d * d + tokens * d * patch * net.out_channels  # final adaLN; tokens to patches
+    multiply_adds = embed + depth * (per_image_block + tokens * per_token_block) + final
+    return 2 * batch * multiply_adds
