@@ -48,7 +48,7 @@ install: $(VENV)/.installed  ## create .venv and install genlab with its dev too
 train: install  ## train a family on its default data: make train MODEL=vae ARGS="trainer.max_epochs=5"
 	$(PY) -m genlab.train model=$(MODEL) $(ARGS)
 
-prepare: install  ## convert data once into chunks for data=streaming: make prepare SRC=<image folder|mnist|cifar10|text file> OUT=<dir>
+prepare: install  ## convert data once into chunks for data=streaming: make prepare SRC=<image folder|mnist|cifar10|text file|latents.pt> OUT=<dir>
 	@test -n "$(SRC)" || { echo "make prepare: give the data: SRC=<image folder | mnist | cifar10 | text file>" >&2; exit 2; }
 	@test -n "$(OUT)" || { echo "make prepare: give the folder for the chunks: OUT=<dir> (new or empty)" >&2; exit 2; }
 	$(PY) -m genlab.prepare "$(SRC)" "$(OUT)" $(ARGS)

@@ -158,6 +158,10 @@ def _argv_for(group: str, choice: str, tmp_path: Path) -> list[str]:
         argv.insert(0, f"model={_family_of_data().get(choice, 'vae')}")
     if group == "data" and choice in ("image_folder", "streaming"):  # a path is required; read at set-up
         argv.append(f"data.path={tmp_path}")
+    if group == "data" and choice == "streaming":  # its family is a conditional one (experiment=dit_s2_...), whose
+        argv.append("data.num_classes=10")  # net is built before set-up reads the prepared number of classes
+    if group == "experiment" and choice == "dit_s2_imagenet256_latent":  # data=streaming, as above
+        argv.append(f"data.path={tmp_path}")
     if group == "model" and choice == "gpt_feedback":  # read when training starts, not when built
         argv.append(f"model.init_from={tmp_path}/gpt_run")
     if group == "experiment" and choice.startswith(("latent_", "vq_")):  # read when built: an untrained one will do

@@ -5,6 +5,8 @@
     SRC = a folder of images   flat, or one subfolder per class (as data=image_folder reads it)
           mnist | cifar10      torchvision's files in --data-dir (downloaded once when online)
           a text file          tokenized once (--tokenizer char|byte); windows are cut at train time
+          latents.pt | .npz    float latents `(N, C, H, W)` and int labels `(N,)` (an autoencoder's, e.g. SD's
+                               VAE on ImageNet for experiment=dit_s2_imagenet256_latent), stored as they are
 
 OUT gets one folder of chunks per split (`train/`, `val/`, and `test/` for images), each a LitData
 `index.json` and `chunk-*.bin` files, plus `genlab.json` (what the chunks hold: kind, classes,
@@ -15,7 +17,8 @@ from it on local disk: `data=streaming data.path=OUT`.
 Images are stored as encoded bytes (the file's own PNG/JPEG bytes, other formats re-encoded as PNG;
 with --image-size resized once here and stored as PNG) and an int label, so chunks stay about the
 size of the source and decoding happens per sample in the loader's workers. Text is stored as uint16
-token ids.
+token ids. Latents are stored as float tensors (float16 kept, other floats as float32), with no
+intensity grid (`levels`): scale them as the model should see them (SD's VAE: times 0.18215).
 """
 
 from __future__ import annotations
@@ -125,6 +128,68 @@ def torchvision_items(name: str, data_dir: Path, val_fraction: float, seed: int)
 
 
 # ---------------------------------------------------------------------------------------------
+# Latents: float tensors of one shape, stored as they are
+
+LATENT_SUFFIXES = (".pt", ".npz")
+LATENT_FORMAT = (
+    'a torch.save of {"latents": (N, C, H, W) floats, "labels": (N,) ints} (.pt), '
+    "or np.savez(path, latents=..., labels=...) (.npz); labels may be left out (one class)"
+)
+
+
+def read_latents(src: Path) -> tuple[np.ndarray, np.ndarray]:
+    """float `(N, C, H, W)` latents and int64 `(N,)` labels from a .pt or .npz file, checked."""
+    import pickle
+    import zipfile
+
+    try:
+        if src.suffix == ".pt":
+            data = torch.load(src, map_location="cpu", weights_only=True)
+        else:
+            with np.load(src, allow_pickle=False) as npz:
+                data = {name: npz[name] for name in npz.files}
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise DataError(f"SRC '{src}' cannot be read as latents ({err}); give {LATENT_FORMAT}") from None
+    if not isinstance(data, dict) or "latents" not in data:
+        raise DataError(f"SRC '{src}' holds no 'latents' entry; give {LATENT_FORMAT}")
+
+    def array(value: Any) -> np.ndarray:
+        if isinstance(value, torch.Tensor):  # bfloat16 has no numpy type: float32 holds it exactly
+            value = value.float() if value.dtype == torch.bfloat16 else value
+            return value.detach().cpu().numpy()
+        return np.asarray(value)
+
+    latents = array(data["latents"])
+    labels = array(data["labels"]) if data.get("labels") is not None else np.zeros(len(latents), dtype=np.int64)
+    if latents.ndim != 4 or latents.shape[2] != latents.shape[3] or not np.issubdtype(latents.dtype, np.floating):
+        raise DataError(
+            f"SRC '{src}': latents must be square floats (N, C, H, H), got {latents.dtype} {tuple(latents.shape)}"
+        )
+    if not np.isfinite(latents).all():
+        raise DataError(f"SRC '{src}': the latents hold NaN or infinite values: encode the images again")
+    if labels.shape != (len(latents),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise DataError(
+            f"SRC '{src}': labels must be {len(latents)} non-negative ints (one per latent), "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
+    dtype = np.float16 if latents.dtype == np.float16 else np.float32  # half stays half: chunks half the size
+    return latents.astype(dtype, copy=False), labels.astype(np.int64)
+
+
+def latent_sample(item: tuple[np.ndarray, int]) -> dict[str, Any]:
+    latent, label = item
+    return {"latent": torch.from_numpy(np.ascontiguousarray(latent)), "label": int(label)}
+
+
+def latent_items(src: Path, val_fraction: float, test_fraction: float, seed: int) -> tuple[dict, int, list[int]]:
+    """The file's latents split by seed (as image folders are), the number of classes, and the shape (C, H, W)."""
+    latents, labels = read_latents(src)
+    parts = split_indices(len(latents), val_fraction, test_fraction, seed)
+    items = {k: [(latents[i], int(labels[i])) for i in sorted(v)] for k, v in parts.items()}
+    return items, int(labels.max()) + 1 if len(labels) else 0, list(latents.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------
 # Text: token ids, cut into items of TOKENS_PER_ITEM
 
 
@@ -196,7 +261,10 @@ def prepare(
 
     workers = workers or max(1, os.cpu_count() or 1)
     if not src:
-        raise ConfigError("SRC is empty: give an image folder, mnist, cifar10 or a text file (make prepare SRC=...)")
+        raise ConfigError(
+            "SRC is empty: give an image folder, mnist, cifar10 or a text file, or latents (.pt, .npz) "
+            "(make prepare SRC=...)"
+        )
     if not out:
         raise ConfigError("OUT is empty: give the folder to write the chunks to (make prepare OUT=...)")
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -207,7 +275,12 @@ def prepare(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DataError(f"OUT '{out_dir}' exists and is not empty: choose a new folder, or remove it first")
     source = Path(src).expanduser()
-    if src.lower() in ("mnist", "cifar10"):
+    shape = None
+    if source.is_file() and source.suffix in LATENT_SUFFIXES:
+        parts, num_classes, shape = latent_items(source, val_fraction, test_fraction, seed)
+        fn = latent_sample
+        kind = "latents"
+    elif src.lower() in ("mnist", "cifar10"):
         parts, num_classes = torchvision_items(src.lower(), Path(data_dir), val_fraction, seed)
         fn: Any = array_sample
         kind = src.lower()
@@ -224,16 +297,18 @@ def prepare(
         return meta
     else:
         raise DataError(
-            f"SRC '{src}' is not a folder of images, a text file, mnist or cifar10: give one of those "
-            "(a path that does not exist is taken for an unknown kind)"
+            f"SRC '{src}' is not a folder of images, a text file, mnist or cifar10, or latents (.pt, .npz): "
+            "give one of those (a path that does not exist is taken for an unknown kind)"
         )
 
-    fractions = {"train": 1.0, "val": val_fraction, "test": test_fraction if kind == "image folder" else 1.0}
+    own_test = kind in ("image folder", "latents")  # torchvision's sets bring their own test split
+    fractions = {"train": 1.0, "val": val_fraction, "test": test_fraction if own_test else 1.0}
     for split in IMAGE_SPLITS:
         if not parts[split] and fractions[split] > 0:  # asked for, but the fraction of this few files rounds to none
             fix = f"a larger --{split}-fraction" if split != "train" else "smaller --val-fraction/--test-fraction"
             raise DataError(
-                f"SRC '{src}' has {sum(len(p) for p in parts.values())} images: the {split} split gets none"
+                f"SRC '{src}' has {sum(len(p) for p in parts.values())} {'latents' if shape else 'images'}: "
+                f"the {split} split gets none"
                 + (f" (--{split}-fraction {fractions[split]})" if split != "train" else "")
                 + f"; give more images or {fix}"
             )
@@ -258,6 +333,10 @@ def prepare(
                 f"none of the {len(items)} images of the {split} split of '{src}' could be read (the warnings "
                 "above name them): nothing was written; remove the broken files or add readable images"
             )
+    if shape is not None:  # no intensity grid: the model sees the floats as they are
+        meta = {"kind": "latents", "source": str(source), "num_classes": num_classes, "shape": shape, "samples": sizes}
+        (out_dir / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        return meta
     meta = {"kind": "images", "source": kind if kind != "image folder" else str(source)}
     meta.update(num_classes=num_classes, levels=256, samples=sizes)
     if image_size is not None:
@@ -270,11 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="genlab-prepare", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("src", help="a folder of images, mnist, cifar10, or a UTF-8 text file")
+    parser.add_argument("src", help="a folder of images, mnist, cifar10, a UTF-8 text file, or latents (.pt, .npz)")
     parser.add_argument("out", help="the folder to write the chunks to (new or empty)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="share held out for validation")
-    parser.add_argument("--test-fraction", type=float, default=0.05, help="image folders: share held out for test")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.05, help="image folders and latents: share held out for test"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the split's seed")
     parser.add_argument("--tokenizer", default="char", help="text: char (vocabulary from the text) or byte")
     parser.add_argument("--image-size", type=int, default=None, help="image folders: resize once to this size")

@@ -1,11 +1,12 @@
 """The format of the chunks `make prepare` writes and `data=streaming` reads (both import it from here).
 
-    OUT/genlab.json           what the chunks hold (META): kind ("images" | "text"), classes, levels,
-                              split sizes (`samples` or `tokens`), the tokenizer's state
+    OUT/genlab.json           what the chunks hold (META): kind ("images" | "latents" | "text"), classes,
+                              levels (images), shape (latents: [C, H, W]), split sizes (`samples` or
+                              `tokens`), the tokenizer's state
     OUT/<split>/index.json    LitData's index of the split's chunks; `chunk-*.bin` beside it
     OUT/tokenizer.json        text only: the tokenizer, as the runs save theirs
 
-Splits: `train`, `val` and, for images, `test`.
+Splits: `train`, `val` and, for images and latents, `test`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Images come out as the image modules give them: `(B, C, H, W)` in [-1, 1] on the
 `data.levels`, at `data.image_size` and `data.channels` (decoded, converted and resized per sample
 in the loader's workers, exactly as `data=image_folder` does), and int64 labels `(B,)`. Text comes
 out as GPT's `(x, y)`, each `(B, block_size)` int64: non-overlapping windows of `block_size + 1`
-tokens of a chunk (LitData's `TokensLoader`), in shuffled order.
+tokens of a chunk (LitData's `TokensLoader`), in shuffled order. Latents (prepared from a .pt/.npz of an
+autoencoder's latents) come out as they were stored, float32 `(B, C, H, W)` with int64 labels `(B,)`:
+`data.channels` and `data.image_size` must be their C and H, and they have no `levels` (None).
 
 A run stopped mid-epoch resumes with the next unseen batch: see `StreamingBatches`.
 """
@@ -94,6 +96,22 @@ class ImageBatch:
         return images, torch.tensor([label for _, label in samples], dtype=torch.long)
 
 
+class LatentChunks(StreamingDataset):
+    """A split of prepared latents; a sample is `(latent (C, H, W) float32, label)`. Indexed with a list of
+    positions it returns the whole batch, as `ImageChunks` does."""
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, list):
+            return latent_batch([self[i] for i in index])
+        item = super().__getitem__(index)
+        return item["latent"].float(), int(item["label"])  # float16 chunks train in float32 (AMP casts itself)
+
+
+def latent_batch(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents `(B, C, H, W)` float32 and labels `(B,)` int64."""
+    return torch.stack([x for x, _ in samples]), torch.tensor([label for _, label in samples], dtype=torch.long)
+
+
 def token_windows(batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of `block_size + 1` tokens to GPT's `(x, y)`, each `(B, block_size)` int64."""
     windows = torch.stack(batch).long()
@@ -159,11 +177,12 @@ class StreamingBatches(StreamingDataLoader):
 
 
 class StreamingDataModule(L.LightningDataModule):
-    """Chunks from `make prepare` (a local folder or s3://...), images or text (its `genlab.json` says).
+    """Chunks from `make prepare` (a local folder or s3://...), images, latents or text (its `genlab.json` says).
 
     `batch_size` is per device. One epoch is one pass over this rank's share of the training split.
     Image runs read `image_size`, `channels`, `num_classes` (null: the prepared number of classes) and
-    `levels`; text runs read `block_size` and get the prepared tokenizer.
+    `levels`; latent runs check `channels` and `image_size` against the prepared shape and read
+    `num_classes`; text runs read `block_size` and get the prepared tokenizer.
     """
 
     def __init__(
@@ -175,7 +194,7 @@ class StreamingDataModule(L.LightningDataModule):
         image_size: int = 32,
         channels: int = 3,
         num_classes: int | None = None,
-        levels: int = 256,
+        levels: int | None = 256,
         block_size: int = 128,
         cache_dir: str | None = None,
     ) -> None:
@@ -186,8 +205,8 @@ class StreamingDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size must be at least 1 (samples per device and step), got {batch_size}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
-        if channels not in (1, 3):
-            raise ConfigError(f"data.channels must be 1 or 3, got {channels}")
+        if channels < 1:
+            raise ConfigError(f"data.channels must be at least 1 (images: 1 or 3), got {channels}")
         if block_size < 1:
             raise ConfigError(f"data.block_size must be at least 1, got {block_size}")
         self.path, self.remote = str(path), str(path).startswith("s3://")
@@ -206,7 +225,7 @@ class StreamingDataModule(L.LightningDataModule):
 
     @property
     def kind(self) -> str:
-        """ "images" or "text"."""
+        """ "images", "latents" or "text"."""
         return self.read_meta()["kind"]
 
     @property
@@ -222,6 +241,8 @@ class StreamingDataModule(L.LightningDataModule):
         common = {"shuffle": shuffle, "seed": self.seed, "cache_dir": self.cache_dir}
         if self.kind == "text":
             return StreamingDataset(self._split_dir(split), item_loader=TokensLoader(self.block_size + 1), **common)
+        if self.kind == "latents":
+            return LatentChunks(self._split_dir(split), **common)
         return ImageChunks(self._split_dir(split), self.channels, self.image_size, self.levels, **common)
 
     def setup(self, stage: str | None = None) -> None:
@@ -236,6 +257,7 @@ class StreamingDataModule(L.LightningDataModule):
                             f"({count} tokens): lower data.block_size"
                         )
             else:
+                self._check_shape(meta)
                 prepared = int(meta["num_classes"])
                 if self.num_classes is None:
                     self.num_classes = prepared
@@ -254,6 +276,21 @@ class StreamingDataModule(L.LightningDataModule):
             run_dir.mkdir(parents=True, exist_ok=True)
             tokenizers.save(self.tokenizer, run_dir / "tokenizer.json")
 
+    def _check_shape(self, meta: dict[str, Any]) -> None:
+        """Images convert to any size and 1 or 3 channels; latents are what they are, and the net is built
+        from `data.channels` and `data.image_size` (by interpolation), so those must match them."""
+        if meta["kind"] == "images":
+            if self.channels not in (1, 3):
+                raise ConfigError(f"data.channels must be 1 or 3 for images, got {self.channels}")
+            return
+        c, h, _ = meta["shape"]
+        if (self.channels, self.image_size) != (c, h):
+            raise ConfigError(
+                f"data.channels={self.channels} data.image_size={self.image_size}, but the latents in {self.path} "
+                f"are {c}x{h}x{h}: set data.channels={c} data.image_size={h}"
+            )
+        self.levels = None  # floats, not an intensity grid
+
     def _check_splits(self, meta: dict[str, Any], present: list[str]) -> None:
         """Every split the chunks list must hold items: LitData's own refusal of an empty split is a bare
         AssertionError deep in its loader. Local folders are checked on their `index.json`; s3 copies on
@@ -268,7 +305,11 @@ class StreamingDataModule(L.LightningDataModule):
                     f"`make prepare`, or a {split} fraction that gave nothing): prepare it again into a new folder"
                 )
 
-    def _image_batch(self) -> ImageBatch:
+    def _collate(self) -> Callable[[list[Any]], Any]:
+        if self.kind == "text":
+            return token_windows
+        if self.kind == "latents":
+            return latent_batch
         return ImageBatch(self.channels, self.image_size, self.levels)
 
     def _loader(self, dataset: StreamingDataset, position: Callable[[], tuple[int, int]] | None) -> StreamingBatches:
@@ -277,9 +318,7 @@ class StreamingDataModule(L.LightningDataModule):
             position=position,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=token_windows
-            if self.kind == "text"
-            else ImageBatch(self.channels, self.image_size, self.levels),
+            collate_fn=self._collate(),
             pin_memory=torch.cuda.is_available(),
             # Its own generator: making an iterator otherwise draws a seed from the global RNG, which would
             # shift the model's noise in a resumed run against an unbroken one.
