@@ -92,7 +92,8 @@ def budget_state(run: Path) -> dict[str, Any]:
 
 def training_facts(run: Path, model: torch.nn.Module) -> dict[str, Any]:
     state = budget_state(run)
-    own = [p for name, p in model.named_parameters() if not name.startswith("first_stage.")]
+    # trained parameters: not the frozen first stage, not the EMA copy (`ema.shadow`) of the net
+    own = [p for name, p in model.named_parameters() if not name.startswith(("first_stage.", "ema."))]
     return {
         "steps": state.get("steps"),
         "train_cpu_s": round(state.get("used", float("nan")), 1),
