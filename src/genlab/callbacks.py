@@ -8,6 +8,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid, save_image
 
+from genlab.errors import ConfigError
 from genlab.strategies import full_weights
 
 
@@ -182,6 +184,49 @@ class ProgressBar(TQDMProgressBar):
 def _format(metrics: dict[str, Any]) -> str:
     values = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
     return "".join(f"  {k}={v:.4g}" if isinstance(v, float) else f"  {k}={v}" for k, v in sorted(values.items()))
+
+
+class CPUTimeBudget(L.Callback):
+    """Stops training once its training steps have used `seconds` of this process's CPU time.
+
+    On a machine shared with other jobs wall time measures the queue, not the work: CPU time (with
+    `OMP_NUM_THREADS=1`, one core's) is what equal-compute comparisons hold fixed (bench/budget.py,
+    bench/compare_mnist5k.py). Only the training batches count, from `on_train_batch_start` to
+    `on_train_batch_end` (forward, backward, optimizer step; a frozen first stage's encoding too):
+    validation, sample grids and checkpoints differ between families and are left out. The figure
+    (`used` seconds over `steps` steps) travels in every checkpoint, so a resumed run continues the
+    same budget and the step time can be read back (`checkpoint["callbacks"]["CPUTimeBudget"]`).
+
+        python -m genlab.train ... +callbacks.cpu_budget._target_=genlab.callbacks.CPUTimeBudget \
+            +callbacks.cpu_budget.seconds=300
+
+    `clock`: seconds as a float (`time.process_time`: every thread of this process; tests pass a fake).
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.process_time) -> None:
+        if not seconds > 0:
+            raise ConfigError(f"callbacks.cpu_budget.seconds must be > 0 (CPU seconds of training), got {seconds}")
+        self.seconds, self.clock = float(seconds), clock
+        self.used, self.steps = 0.0, 0
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = self.clock()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is None:
+            return
+        self.used += self.clock() - self._start
+        self.steps += 1
+        self._start = None
+        if self.used >= self.seconds:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "used": self.used, "steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.used, self.steps = float(state_dict["used"]), int(state_dict["steps"])
 
 
 class RunInfoInCheckpoint(L.Callback):
