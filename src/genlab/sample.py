@@ -57,7 +57,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "out": (str, "where the grid and raw samples go (default: <run>/samples/)"),
     "batch_size": (int, "samples drawn at once (default 500); part of what the seed reproduces"),
     "device": (str, "cpu, cuda, ... (default: cuda when available)"),
-    "watermark": (watermark.boolean, "false: write the images without the invisible mark (default: the run's `watermark`)"),
+    "watermark": (watermark.boolean, "false: images without the invisible mark (default: the run's watermark key)"),
 }
 MODEL_OPTIONS = ("steps", "guidance", "temperature")
 
