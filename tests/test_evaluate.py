@@ -43,6 +43,7 @@ def test_vae_eval_writes_json_and_prints_a_table(tmp_path_factory, cache: Path, 
     assert "fid" in table and "real_test" in table and "importance-weighted" in table
     balance = report["class_balance"]  # unconditional: the classifier's label mix, samples vs data
     assert 0 <= metrics["class_tv"] == balance["tv"] <= 1 and sum(balance["samples"]) == pytest.approx(1)
+    assert 0 < metrics["real_test/class_tv"] < 0.2  # training vs test digits: about 10% each, finite-N noise
     assert "class balance: TV" in table and "least generated: class" in table
 
 

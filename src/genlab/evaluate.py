@@ -15,7 +15,8 @@ Two parts, each where it applies (the family contract, nothing family-specific):
   refused before any work;
 - for unconditional image models whose features have a classifier head, the class balance: the
   classifier's labels over the samples vs over the test images (`class_tv`, the total variation
-  distance between the two distributions; and the least-generated class with its share). Mode
+  distance between the two distributions, beside the same for the training images: the noise floor
+  of so few test images; and the least-generated class with its share). Mode
   dropping is the small-scale form of bias: a model that never draws a 7 has TV >= 0.1 on digits.
 """
 
@@ -198,6 +199,8 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         if labels is None and has_classifier_head(features):  # conditional models: per-label accuracy instead
             report["class_balance"] = class_balance(features, samples, real_test)
             metrics["class_tv"] = report["class_balance"]["tv"]
+            # the floor at this size: the training images' label mix vs the test images' (finite-N noise)
+            metrics["real_test/class_tv"] = class_balance(features, real_train, real_test)["tv"]
     elif hasattr(datamodule, "score"):  # text-like data with a domain score (code, music, molecules)
         samples = draw(model, n, seed, None, args.get("batch_size") or BATCH_SIZE)
         metrics |= {
