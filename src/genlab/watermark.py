@@ -8,12 +8,15 @@ bits in turn, so an image carries the payload `blocks / bits` times and reading 
 copies. An H x W image has (H//8) * (W//8) blocks: 48 bits need at least 56x56 for one copy.
 
 Sizes: the package refuses images under 256x256 pixels (WatermarkEncoder.encode); we call its
-embedder directly and instead enlarge any image whose shorter side is under `MIN_SIDE` by an
-integer factor, nearest neighbour (sharp pixels, the content unchanged), before marking. An 8x8
-digit is therefore written as 128x128, a 28x28 one as 140x140: a mark cannot survive in 64
-pixels (8 blocks' worth of LL for 48 bits), and `make detect` measures what survives at each size.
+embedder directly and enlarge any image whose shorter side is under `MIN_SIDE` (256) by an integer
+factor, nearest neighbour (sharp pixels, the content unchanged), before marking: an 8x8 digit is
+written as 256x256, a 28x28 one as 280x280, a 64-digit grid (274x274) as it is. Measured on 40 real
+8x8 digits (grey: the U channel is flat, the hardest case), the share read back intact when marked
+at a side of 56 (one copy of the 48 bits) / 64 / 96 / 128 / 256: 12 / 13 / 18 / 28 / 40 of 40;
+below 56 nothing (fewer blocks than bits). A JPEG save (quality 75) erased it at every size tried
+(up to 512: bit accuracy 0.50, chance); `make detect` reports these figures per run.
 
-The mark lives in colour (U): grey images are written as RGB when marked (a faint tint).
+The mark lives in colour (U): grey images are written as RGB when marked (a faint tint, PSNR ~41 dB).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@
    as `make sample EXPORT=` writes them (marked, enlarged to 256 a side when smaller) and on as many
    real test images written the same way without a mark: the share that reads back the payload
    (generated: should be 1; real: false positives, should be 0), then of the marked ones after a
-   JPEG save (quality 75), a resize to 0.5x and 2x (read as they are), and 0.5x then back to the
+   JPEG save (quality 75), a resize to 0.5x and 2x (read as they are), and each then back to the
    written size; and whether a sample grid (`make sample`'s PNG) carries it.
 """
 
@@ -139,6 +139,7 @@ def watermark_figures(samples: torch.Tensor, real: torch.Tensor, n: int) -> dict
         "resize_0.5x": lambda p: _resize(p, 0.5),
         "resize_2x": lambda p: _resize(p, 2.0),
         "resize_0.5x_back": lambda p: _resize(p, 0.5, back=True),
+        "resize_2x_back": lambda p: _resize(p, 2.0, back=True),
     }
     figures: dict[str, Any] = {
         k: float(np.mean([watermark.is_marked(f(p)) for p in marked])) for k, f in changes.items()
@@ -279,13 +280,13 @@ def table(report: dict[str, Any]) -> str:
         f"reads it back ({'x'.join(map(str, first['data_size']))} written as "
         f"{'x'.join(map(str, first['written_size']))}), of as many real test images falsely, and of the "
         "marked ones after a change",
-        f"  {'family':<16} {'marked':>7} {'real':>5} {'jpeg75':>7} {'0.5x':>5} {'2x':>5} {'0.5x+back':>10} {'grid':>5}",
+        f"  {'family':<16} {'marked':>7} {'real':>5} {'jpeg75':>7} {'0.5x':>5} {'2x':>5} {'0.5x+back':>10} {'2x+back':>8} {'grid':>5}",
     ]
     for name, f in report["families"].items():
         w = f["watermark"]
         lines.append(
             f"  {name:<16} {w['marked']:>7.2f} {w['real_falsely_marked']:>5.2f} {w['jpeg75']:>7.2f} "
-            f"{w['resize_0.5x']:>5.2f} {w['resize_2x']:>5.2f} {w['resize_0.5x_back']:>10.2f} "
+            f"{w['resize_0.5x']:>5.2f} {w['resize_2x']:>5.2f} {w['resize_0.5x_back']:>10.2f} {w['resize_2x_back']:>8.2f} "
             f"{'yes' if w['grid_marked'] else 'no':>5}"
         )
     lines.append(f"wrote {report['written']}")
