@@ -280,14 +280,15 @@ def table(report: dict[str, Any]) -> str:
         f"reads it back ({'x'.join(map(str, first['data_size']))} written as "
         f"{'x'.join(map(str, first['written_size']))}), of as many real test images falsely, and of the "
         "marked ones after a change",
-        f"  {'family':<16} {'marked':>7} {'real':>5} {'jpeg75':>7} {'0.5x':>5} {'2x':>5} {'0.5x+back':>10} {'2x+back':>8} {'grid':>5}",
+        f"  {'family':<16} {'marked':>7} {'real':>5} {'jpeg75':>7} {'0.5x':>5} {'2x':>5} {'0.5x+back':>10} "
+        f"{'2x+back':>8} {'grid':>5}",
     ]
     for name, f in report["families"].items():
         w = f["watermark"]
         lines.append(
             f"  {name:<16} {w['marked']:>7.2f} {w['real_falsely_marked']:>5.2f} {w['jpeg75']:>7.2f} "
-            f"{w['resize_0.5x']:>5.2f} {w['resize_2x']:>5.2f} {w['resize_0.5x_back']:>10.2f} {w['resize_2x_back']:>8.2f} "
-            f"{'yes' if w['grid_marked'] else 'no':>5}"
+            f"{w['resize_0.5x']:>5.2f} {w['resize_2x']:>5.2f} {w['resize_0.5x_back']:>10.2f} "
+            f"{w['resize_2x_back']:>8.2f} {'yes' if w['grid_marked'] else 'no':>5}"
         )
     lines.append(f"wrote {report['written']}")
     return "\n".join(lines)
