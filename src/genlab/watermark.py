@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from genlab.errors import GenlabError
+
 PAYLOAD = b"genlab"  # 48 bits
 SCALES = (0, 36, 36)  # the package's default: Y untouched, U marked (its loop reads channels 0 and 1)
 MIN_SIDE = 256  # images with a shorter side below this are enlarged (nearest) before marking: see above
@@ -36,7 +38,13 @@ def _bits(payload: bytes = PAYLOAD) -> list[int]:
 
 
 def _embedder(payload: bytes = PAYLOAD):
-    from imwatermark.maxDct import EmbedMaxDct  # imported here: cv2 is heavy and only marking needs it
+    try:  # imported here: cv2 is heavy and only marking needs it
+        from imwatermark.maxDct import EmbedMaxDct
+    except ImportError as err:  # e.g. opencv-python (the GUI build) without libGL on a server
+        raise GenlabError(
+            f"watermark: cannot import the invisible-watermark package ({err}); install opencv-python-headless "
+            "and invisible-watermark (pip install --no-deps invisible-watermark), or set watermark: false"
+        ) from None
 
     bits = _bits(payload)
     return EmbedMaxDct(bits, wmLen=len(bits), scales=list(SCALES), block=4)
