@@ -41,6 +41,10 @@ def test_vae_eval_writes_json_and_prints_a_table(tmp_path_factory, cache: Path, 
     assert "test accuracy" in report["features"]
     table = capsys.readouterr().out
     assert "fid" in table and "real_test" in table and "importance-weighted" in table
+    balance = report["class_balance"]  # unconditional: the classifier's label mix, samples vs data
+    assert 0 <= metrics["class_tv"] == balance["tv"] <= 1 and sum(balance["samples"]) == pytest.approx(1)
+    assert 0 < metrics["real_test/class_tv"] < 0.2  # training vs test digits: about 10% each, finite-N noise
+    assert "class balance: TV" in table and "least generated: class" in table
 
 
 def test_too_few_samples_refused_before_sampling(tmp_path_factory, cache: Path, capsys) -> None:
@@ -136,3 +140,18 @@ def test_a_too_small_test_split_is_refused_before_any_work(tmp_path_factory, cac
     err = capsys.readouterr().err
     assert "90 test images" in err and "data.test_fraction=0.05" in err and "number of samples" not in err
     assert err.count("\n") == 1 and not work and not (run / "eval.json").exists()
+
+
+def test_class_balance_of_a_model_that_draws_one_class(cache: Path) -> None:
+    from genlab.data.digits import DigitsDataModule
+    from genlab.metrics import digits_features, split_tensors
+
+    features = digits_features(8, 1, cache_dir=cache)
+    images, labels = split_tensors(DigitsDataModule(image_size=8, channels=1), "test")
+    threes = images[labels == 3]  # a stand-in model that only ever draws 3s (real ones: the classifier reads them)
+    balance = evaluate.class_balance(features, threes.repeat(3, 1, 1, 1), images)
+    assert balance["tv"] == pytest.approx(0.9, abs=0.05)  # digits are ~10% each: 1 - 0.1
+    assert balance["least_generated_share"] == 0 and balance["least_generated"] != 3
+    assert len(balance["missing"]) >= 8 and 3 not in balance["missing"]  # (a 3 misread as an 8 is allowed)
+    same = evaluate.class_balance(features, images, images)
+    assert same["tv"] == 0 and same["missing"] == []

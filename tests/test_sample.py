@@ -50,16 +50,19 @@ def test_same_command_same_samples_other_seed_other_samples(vae_run: Path, tmp_p
 
 
 def test_export_reloads_through_the_image_folder_module(vae_run: Path, tmp_path: Path) -> None:
-    assert main([str(vae_run), "n=12", f"export={tmp_path / 'synthetic'}"]) == 0
-    datamodule = ImageFolderDataModule(path=str(tmp_path / "synthetic"), image_size=8, channels=1, test_fraction=0.5)
-    reloaded = torch.cat([split_tensors(datamodule, s)[0] for s in ("train", "val", "test")])
-    assert len(reloaded) == 12 and datamodule.num_classes == 1
     model = load_model(vae_run / "checkpoints" / "last.ckpt")
     torch.manual_seed(0)
     drawn = model.sample(12)
-    # each reloaded image is one drawn image up to 8-bit rounding (the split shuffles the order)
-    distance = torch.cdist(reloaded.flatten(1), drawn.flatten(1)).min(1).values / 8
-    assert distance.max() < 2 / 255
+    # unmarked: each reloaded image is one drawn image up to 8-bit rounding (the split shuffles the order);
+    # marked (the default): written enlarged in RGB, read back at the data's size with the mark's small change
+    for option, bound in (("watermark=false", 2 / 255), (None, 8 / 255)):
+        folder = tmp_path / f"synthetic-{option}"
+        assert main([str(vae_run), "n=12", f"export={folder}", *([option] if option else [])]) == 0
+        datamodule = ImageFolderDataModule(path=str(folder), image_size=8, channels=1, test_fraction=0.5)
+        reloaded = torch.cat([split_tensors(datamodule, s)[0] for s in ("train", "val", "test")])
+        assert len(reloaded) == 12 and datamodule.num_classes == 1
+        distance = torch.cdist(reloaded.flatten(1), drawn.flatten(1)).min(1).values / 8
+        assert distance.max() < bound, option
 
 
 def test_export_one_folder_per_class(tmp_path: Path) -> None:

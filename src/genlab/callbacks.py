@@ -19,8 +19,9 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
+from genlab import watermark
 from genlab.errors import ConfigError
 from genlab.strategies import full_weights
 
@@ -31,10 +32,14 @@ class SampleLogger(L.Callback):
 
     The fixed seed makes successive grids comparable: the same noise, a better model. The training
     RNG is left untouched. Every rank samples (a sharded model needs them all); rank zero writes.
+    Image grids carry the invisible watermark unless `watermark` is false (genlab.watermark); the
+    loggers get the grid as written (W&B: wandb.Image, TensorBoard: add_image), texts as a
+    wandb.Table of (step, sample) rows / add_text.
     """
 
-    def __init__(self, every_n_epochs: int = 10, num_samples: int = 64, seed: int = 0) -> None:
+    def __init__(self, every_n_epochs: int = 10, num_samples: int = 64, seed: int = 0, watermark: bool = True) -> None:
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
+        self.watermark = watermark
         self._recon_batch: torch.Tensor | None = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -68,9 +73,10 @@ class SampleLogger(L.Callback):
         folder = Path(trainer.default_root_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         if isinstance(samples, torch.Tensor):
-            self._log_images(trainer, "samples", samples, folder / f"samples_{tag}.png")
+            self._log_images(trainer, "samples", samples, folder / f"samples_{tag}.png", self.watermark)
             if recon is not None:
-                self._log_images(trainer, "reconstructions", recon, folder / f"reconstructions_{tag}.png")
+                path = folder / f"reconstructions_{tag}.png"
+                self._log_images(trainer, "reconstructions", recon, path, self.watermark)
         else:
             self._log_text(trainer, list(samples), folder / f"samples_{tag}.txt")
             self._log_scores(trainer, pl_module, list(samples), folder, f"samples_{tag}", tag == "final")
@@ -93,18 +99,19 @@ class SampleLogger(L.Callback):
             logger.save()
 
     @staticmethod
-    def _log_images(trainer: L.Trainer, key: str, images: torch.Tensor, path: Path) -> None:
+    def _log_images(trainer: L.Trainer, key: str, images: torch.Tensor, path: Path, mark: bool = True) -> None:
         images = images.float().cpu().clamp(-1, 1)
         if images.shape[-1] < 32:  # tiny images (8x8 digits): enlarge, pixels kept sharp, so a grid is legible
             images = torch.nn.functional.interpolate(images, scale_factor=-(-32 // images.shape[-1]), mode="nearest")
         nrow = max(1, int(len(images) ** 0.5)) if key == "samples" else 8
         grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1)
-        save_image(grid, path)
+        watermark.save(watermark.pixels(grid), path, mark)
+        pixels = watermark.load(path)  # (H, W, 3) uint8: what the file holds (the mark, enlarged when small)
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=key, images=[grid], step=trainer.global_step)
+            if isinstance(logger, WandbLogger):  # a wandb.Image per grid
+                logger.log_image(key=key, images=[pixels], step=trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(key, grid, global_step=trainer.global_step)
+                logger.experiment.add_image(key, pixels, global_step=trainer.global_step, dataformats="HWC")
 
     @staticmethod
     def _log_text(trainer: L.Trainer, texts: list[str], path: Path) -> None:

@@ -12,7 +12,12 @@ Two parts, each where it applies (the family contract, nothing family-specific):
   images (FID, KID, precision/recall/density/coverage, memorisation, per-label accuracy when
   conditional and the features have a classifier head: not Inception's), beside the same figures
   for the held-out test images (`real_test/...`: the floor). Too few samples or test images (100) are
-  refused before any work.
+  refused before any work;
+- for unconditional image models whose features have a classifier head, the class balance: the
+  classifier's labels over the samples vs over the test images (`class_tv`, the total variation
+  distance between the two distributions, beside the same for the training images: the noise floor
+  of so few test images; and the least-generated class with its share). Mode
+  dropping is the small-scale form of bias: a model that never draws a 7 has TV >= 0.1 on digits.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ NOTES = {
     "ppl": "perplexity, exp(loss)",
     "recon": "reconstruction -log p(x|z), nats per image",
     "kl": "KL(q(z|x) || p(z)), nats per image",
+    "class_tv": "class balance: total variation between the classifier's labels on samples and on test images",
     "fid": "Frechet distance of the features to the training images (lower is better)",
     "kid": "kernel distance (unbiased, can be < 0; kid_std over 10 subsets)",
     "precision": "fraction of samples on the real data's manifold (fidelity)",
@@ -132,6 +138,30 @@ def check_test_split(datamodule: ImageDataModule) -> torch.Tensor:
     return real_test
 
 
+@torch.no_grad()
+def class_balance(features: torch.nn.Module, samples: torch.Tensor, real: torch.Tensor) -> dict[str, Any]:
+    """The feature classifier's labels over `samples` vs over `real` images: their distributions, the
+    total variation distance 0.5 * sum |p - q| (0: the same class mix, 1: disjoint), the least-generated
+    class (lowest sample share; ties: the one the data has most of) and the classes never drawn."""
+    device = next(features.parameters()).device
+
+    def shares(images: torch.Tensor) -> torch.Tensor:
+        labels = torch.cat([features.logits(x.to(device)).argmax(1).cpu() for x in images.split(BATCH_SIZE)])
+        return torch.bincount(labels, minlength=features.num_classes).double() / len(labels)
+
+    p, q = shares(samples), shares(real)
+    least = min(range(len(p)), key=lambda c: (p[c].item(), -q[c].item()))
+    return {
+        "tv": 0.5 * (p - q).abs().sum().item(),
+        "least_generated": least,
+        "least_generated_share": p[least].item(),
+        "least_generated_data_share": q[least].item(),
+        "missing": [c for c in range(len(p)) if p[c] == 0 and q[c] > 0],
+        "samples": p.tolist(),
+        "data": q.tolist(),
+    }
+
+
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     """Score the run; returns what eval.json holds."""
     n = 1000 if args.get("n") is None else args["n"]
@@ -166,6 +196,11 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         )
         if labels is not None and not has_classifier_head(features):
             report["skipped"] = NO_CLASSIFIER_HEAD
+        if labels is None and has_classifier_head(features):  # conditional models: per-label accuracy instead
+            report["class_balance"] = class_balance(features, samples, real_test)
+            metrics["class_tv"] = report["class_balance"]["tv"]
+            # the floor at this size: the training images' label mix vs the test images' (finite-N noise)
+            metrics["real_test/class_tv"] = class_balance(features, real_train, real_test)["tv"]
     elif hasattr(datamodule, "score"):  # text-like data with a domain score (code, music, molecules)
         samples = draw(model, n, seed, None, args.get("batch_size") or BATCH_SIZE)
         metrics |= {
@@ -199,6 +234,15 @@ def table(report: dict[str, Any]) -> str:
     per_label = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
     if per_label:
         lines.append("per-label accuracy: " + ", ".join(f"{k.split('/')[1]}: {v:.2f}" for k, v in per_label.items()))
+    if "class_balance" in report:
+        balance = report["class_balance"]
+        missing = f"; never drawn: {', '.join(map(str, balance['missing']))}" if balance["missing"] else ""
+        lines.append(
+            f"class balance: TV {balance['tv']:.3f} between the classifier's labels on the samples and on the "
+            f"{int(metrics['real_test/n'])} test images; "
+            f"least generated: class {balance['least_generated']} ({100 * balance['least_generated_share']:.1f}% "
+            f"of samples, {100 * balance['least_generated_data_share']:.1f}% of the data){missing}"
+        )
     if "skipped" in report:
         lines.append(report["skipped"])
     if report["split"] == "val":

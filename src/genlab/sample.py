@@ -25,10 +25,9 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
-from genlab import model_folder
+from genlab import model_folder, watermark
 from genlab.errors import ConfigError, GenlabError
 from genlab.instantiate import instantiate
 from genlab.run import load_model, read_checkpoint
@@ -58,6 +57,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "out": (str, "where the grid and raw samples go (default: <run>/samples/)"),
     "batch_size": (int, "samples drawn at once (default 500); part of what the seed reproduces"),
     "device": (str, "cpu, cuda, ... (default: cuda when available)"),
+    "watermark": (watermark.boolean, "false: images without the invisible mark (default: the run's watermark key)"),
 }
 MODEL_OPTIONS = ("steps", "guidance", "temperature")
 
@@ -117,18 +117,22 @@ def generate_text(model: L.LightningModule, n: int, seed: int, **options: Any) -
         return [model.generate(**kwargs) for _ in range(n)]
 
 
-def save_grid(images: torch.Tensor, path: Path) -> None:
+def save_grid(images: torch.Tensor, path: Path, mark: bool = True) -> None:
+    """The images as one PNG grid, with the invisible watermark unless `mark` is false (genlab.watermark)."""
     images = images.float().clamp(-1, 1)
     if images.shape[-1] < 32:  # tiny images: enlarge with sharp pixels so the grid is legible
         images = F.interpolate(images, scale_factor=-(-32 // images.shape[-1]), mode="nearest")
     grid = make_grid(images, nrow=max(1, int(len(images) ** 0.5)), normalize=True, value_range=(-1, 1), pad_value=1)
-    save_image(grid, path)
+    watermark.save(watermark.pixels(grid), path, mark)
 
 
-def export_folder(images: torch.Tensor, folder: Path, labels: torch.Tensor | None, classes: int) -> list[Path]:
-    """One PNG per image (8-bit, the data's size and channels), under one sub-folder per class when
-    labelled: `ImageFolderDataModule(path=folder)` reads them back (its classes sorted by folder name,
-    hence the zero padding)."""
+def export_folder(
+    images: torch.Tensor, folder: Path, labels: torch.Tensor | None, classes: int, mark: bool = True
+) -> list[Path]:
+    """One PNG per image (8-bit, the data's size and channels; marked: RGB and at least
+    `watermark.MIN_SIDE` pixels a side), under one sub-folder per class when labelled:
+    `ImageFolderDataModule(path=folder)` reads them back, resized and converted to the data's size
+    and channels (its classes sorted by folder name, hence the zero padding)."""
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"export: '{folder}' is not empty; give a new folder (nothing was overwritten)")
     pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
@@ -138,8 +142,7 @@ def export_folder(images: torch.Tensor, folder: Path, labels: torch.Tensor | Non
         sub = folder / f"class_{int(labels[i]):0{width}d}" if labels is not None else folder
         sub.mkdir(parents=True, exist_ok=True)
         paths.append(sub / f"{i:06d}.png")
-        array = image.permute(1, 2, 0).numpy()  # (H, W, C)
-        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(paths[-1])  # grey stays grey (L)
+        watermark.save(image.permute(1, 2, 0).numpy(), paths[-1], mark)  # (H, W, C); unmarked grey stays grey (L)
     return paths
 
 
@@ -198,10 +201,11 @@ def sample(args: dict[str, Any]) -> list[Path]:
     samples = draw(model, n, seed, labels, args.get("batch_size") or BATCH_SIZE, **model_options)
     if not isinstance(samples, torch.Tensor):
         return [_write_text(samples, out / f"{stem}.txt"), *domain_outputs(config, samples, out, stem)]
+    mark = _given(args, "watermark", config.get("watermark", True))  # the run's choice unless given here
     if args.get("export"):
-        return export_folder(samples, Path(args["export"]), labels, classes)
+        return export_folder(samples, Path(args["export"]), labels, classes, mark)
     out.mkdir(parents=True, exist_ok=True)
-    save_grid(samples, out / f"{stem}.png")
+    save_grid(samples, out / f"{stem}.png", mark)
     record = {"samples": samples, "labels": labels, "n": n, "seed": seed, "checkpoint": str(ckpt)}
     torch.save(record | {k: v for k, v in model_options.items() if v is not None}, out / f"{stem}.pt")
     return [out / f"{stem}.png", out / f"{stem}.pt"]

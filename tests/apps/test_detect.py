@@ -10,13 +10,13 @@ from genlab.errors import ConfigError
 
 from .conftest import TINY, TINY_VAE
 
-FIELDS = ("checkpoint", "model", "train_s", "sample_s", "nn_dist_ratio", "auroc_dedicated", "auroc_pooled")
+FIELDS = ("checkpoint", "model", "train_s", "sample_s", "nn_dist_ratio", "auroc_dedicated", "auroc_pooled", "watermark")
 
 
 def test_detect_on_given_runs_writes_every_field(app_runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "detect.json"
     runs = f"{app_runs['vae']},{app_runs['gan_cond']}/checkpoints/last.ckpt"
-    assert main([f"runs={runs}", "n_train=100", "train_steps=20", f"out={out}"]) == 0
+    assert main([f"runs={runs}", "n_train=100", "train_steps=20", f"out={out}", "watermark_n=6"]) == 0
     report = json.loads(out.read_text())
     assert set(report["families"]) == {"vae", "gan"}
     for name, family in report["families"].items():
@@ -24,14 +24,18 @@ def test_detect_on_given_runs_writes_every_field(app_runs: dict[str, Path], tmp_
             assert key in family, (name, key)
         assert 0 <= family["auroc_dedicated"] <= 1 and 0 <= family["auroc_pooled"] <= 1
         assert family["train_s"] is None  # given, not trained here
+        mark = family["watermark"]  # every written sample carries the mark, no real image falsely does
+        assert (mark["n"], mark["marked"], mark["real_falsely_marked"], mark["grid_marked"]) == (6, 1.0, 0.0, True)
+        assert mark["data_size"] == [8, 8] and min(mark["written_size"]) >= 256
     assert report["hardest_to_detect"] in report["families"] and report["trained_here"] is False
     assert report["real_test_images"] == report["n_test_per_family"] == 180
     assert report["pooled_share_per_family"] == 50
-    assert "hardest to tell from real" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "hardest to tell from real" in out and "watermark (b'genlab', DWT-DCT)" in out
 
 
 def test_detect_trains_each_family_when_no_runs_are_given(tmp_path: Path, monkeypatch) -> None:
-    args = {"families": "vae", "log_dir": str(tmp_path), "n_train": 50, "train_steps": 10}
+    args = {"families": "vae", "log_dir": str(tmp_path), "n_train": 50, "train_steps": 10, "watermark_n": 2}
     report = detect(args, [*TINY_VAE[1:], *TINY])
     assert report["trained_here"] and report["families"]["vae"]["train_s"] > 0
     run = tmp_path / "vae" / "detect"
@@ -48,7 +52,9 @@ def test_detect_trains_each_family_when_no_runs_are_given(tmp_path: Path, monkey
     monkeypatch.undo()
     again = detect({**args, "resume": "auto"}, [*TINY_VAE[1:], *TINY])  # continues the run
     assert again["families"]["vae"]["checkpoint"] == report["families"]["vae"]["checkpoint"]
-    given = detect({"runs": str(run), "n_train": 50, "train_steps": 10, "out": str(tmp_path / "given.json")})
+    given = detect(
+        {"runs": str(run), "n_train": 50, "train_steps": 10, "out": str(tmp_path / "given.json"), "watermark_n": 2}
+    )
     assert given["families"]["vae"]["auroc_dedicated"] == report["families"]["vae"]["auroc_dedicated"]
 
 

@@ -19,17 +19,28 @@
    (scored by p(generated)). 0.5: indistinguishable from real digits, 1: every sample is caught.
    Beside it the family's `nn_dist_ratio` (genlab.metrics.memorisation): a model that copies training
    images would be hard to detect for the wrong reason.
+5. The invisible watermark (genlab.watermark), per family, on `watermark_n` held-out samples written
+   as `make sample EXPORT=` writes them (marked, enlarged to 256 a side when smaller) and on as many
+   real test images written the same way without a mark: the share that reads back the payload
+   (generated: should be 1; real: false positives, should be 0), then of the marked ones after a
+   JPEG save (quality 75), a resize to 0.5x and 2x (read as they are), and each then back to the
+   written size; and whether a sample grid (`make sample`'s PNG) carries it.
 """
 
 from __future__ import annotations
 
+import io
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
+from genlab import watermark
 from genlab.apps.anomaly import max_time
 from genlab.apps.common import (
     auroc,
@@ -45,7 +56,7 @@ from genlab.data.images import ImageDataModule
 from genlab.errors import ConfigError
 from genlab.instantiate import instantiate
 from genlab.metrics import memorisation, split_tensors
-from genlab.sample import BATCH_SIZE, class_labels, draw, is_conditional, load, num_classes
+from genlab.sample import BATCH_SIZE, class_labels, draw, is_conditional, load, num_classes, save_grid
 
 OPTIONS: dict[str, tuple[type, str]] = {
     "runs": (str, "comma-separated run folders or .ckpt files (default: train each family briefly)"),
@@ -58,6 +69,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "log_dir": (str, "where trained runs go: <log_dir>/<family>/detect (default logs)"),
     "device": (str, "cpu, cuda, ... (default: cuda when available)"),
     "out": (str, "the JSON file (default <log_dir>/detect.json)"),
+    "watermark_n": (int, "held-out samples and real test images checked for the watermark (default 100)"),
 }
 
 
@@ -100,6 +112,46 @@ def generated_p(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         logits = net.eval()(images)
     return (logits[:, 1] - logits[:, 0]).float()
+
+
+def _jpeg(pixels: np.ndarray, quality: int = 75) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def _resize(pixels: np.ndarray, factor: float, back: bool = False) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    resized = Image.fromarray(pixels).resize((round(width * factor), round(height * factor)), Image.BICUBIC)
+    return np.asarray(resized.resize((width, height), Image.BICUBIC) if back else resized)
+
+
+def watermark_figures(samples: torch.Tensor, real: torch.Tensor, n: int) -> dict[str, Any]:
+    """Shares of `n` samples (in [-1, 1]) whose written file reads back the payload, as written and after
+    each change; of `n` real images written the same size without a mark that falsely do; and the grid."""
+    as_bytes = ((torch.cat([samples[:n], real[:n]]).clamp(-1, 1) + 1) * 127.5).round().byte()
+    pixels = [image.permute(1, 2, 0).numpy() for image in as_bytes]  # (H, W, C) uint8
+    marked = [watermark.embed(p) for p in pixels[: len(samples[:n])]]
+    unmarked = [watermark.enlarge(np.repeat(p, 3, axis=2) if p.shape[2] == 1 else p) for p in pixels[len(marked) :]]
+    changes = {
+        "marked": lambda p: p,
+        "jpeg75": _jpeg,
+        "resize_0.5x": lambda p: _resize(p, 0.5),
+        "resize_2x": lambda p: _resize(p, 2.0),
+        "resize_0.5x_back": lambda p: _resize(p, 0.5, back=True),
+        "resize_2x_back": lambda p: _resize(p, 2.0, back=True),
+    }
+    figures: dict[str, Any] = {
+        k: float(np.mean([watermark.is_marked(f(p)) for p in marked])) for k, f in changes.items()
+    }
+    figures["bit_accuracy_jpeg75"] = float(np.mean([watermark.bit_accuracy(_jpeg(p)) for p in marked]))
+    figures["real_falsely_marked"] = float(np.mean([watermark.is_marked(p) for p in unmarked]))
+    with tempfile.TemporaryDirectory() as folder:
+        save_grid(samples[:64], Path(folder) / "grid.png")
+        grid = watermark.load(Path(folder) / "grid.png")
+    figures |= {"grid_marked": watermark.is_marked(grid), "grid_size": list(grid.shape[:2])}
+    figures |= {"n": len(marked), "data_size": list(pixels[0].shape[:2]), "written_size": list(marked[0].shape[:2])}
+    return figures
 
 
 def detect(args: dict[str, Any], overrides: list[str] | None = None) -> dict[str, Any]:
@@ -158,6 +210,7 @@ def detect(args: dict[str, Any], overrides: list[str] | None = None) -> dict[str
             "train_s": train_s,
             "sample_s": sample_s,
             "nn_dist_ratio": memorisation(samples[n_train:], real[0], seed)["nn_dist_ratio"],
+            "watermark": watermark_figures(samples[n_train:], real[1], option(args, "watermark_n", 100)),
         }
     real_train, real_test = real
 
@@ -221,6 +274,22 @@ def table(report: dict[str, Any]) -> str:
         f"hardest to tell from real: {report['hardest_to_detect']}. Total {report['wall_s']:.0f} s on "
         f"{report['threads']} thread(s)"
     )
+    first = next(iter(report["families"].values()))["watermark"]
+    lines += [
+        f"watermark ({watermark.PAYLOAD!r}, DWT-DCT): share of {first['n']} held-out samples whose file "
+        f"reads it back ({'x'.join(map(str, first['data_size']))} written as "
+        f"{'x'.join(map(str, first['written_size']))}), of as many real test images falsely, and of the "
+        "marked ones after a change",
+        f"  {'family':<16} {'marked':>7} {'real':>5} {'jpeg75':>7} {'0.5x':>5} {'2x':>5} {'0.5x+back':>10} "
+        f"{'2x+back':>8} {'grid':>5}",
+    ]
+    for name, f in report["families"].items():
+        w = f["watermark"]
+        lines.append(
+            f"  {name:<16} {w['marked']:>7.2f} {w['real_falsely_marked']:>5.2f} {w['jpeg75']:>7.2f} "
+            f"{w['resize_0.5x']:>5.2f} {w['resize_2x']:>5.2f} {w['resize_0.5x_back']:>10.2f} "
+            f"{w['resize_2x_back']:>8.2f} {'yes' if w['grid_marked'] else 'no':>5}"
+        )
     lines.append(f"wrote {report['written']}")
     return "\n".join(lines)
 
