@@ -155,3 +155,13 @@ def test_class_balance_of_a_model_that_draws_one_class(cache: Path) -> None:
     assert len(balance["missing"]) >= 8 and 3 not in balance["missing"]  # (a 3 misread as an 8 is allowed)
     same = evaluate.class_balance(features, images, images)
     assert same["tv"] == 0 and same["missing"] == []
+
+
+def test_autoencoder_eval_reports_rfid_of_test_reconstructions(tmp_path_factory, cache: Path) -> None:
+    """A first stage's rFID: its reconstructions of the test split against those images; a 2-step
+    autoencoder reconstructs badly, so both its rFID and its pixel error sit clearly above zero."""
+    run = _run(tmp_path_factory, "model=autoencoder", "trainer=debug")
+    assert main([str(run), "n=200", f"cache_dir={cache}"]) == 0
+    metrics = json.loads((run / "eval.json").read_text())["metrics"]
+    assert metrics["rfid"] > 0 and metrics["test/rec_mse"] > 0.01
+    assert math.isfinite(metrics["fid"])  # its samples (random latents decoded) are scored as before

@@ -36,7 +36,7 @@ from genlab.data.images import ImageDataModule
 from genlab.errors import ConfigError, GenlabError
 from genlab.instantiate import instantiate
 from genlab.metrics import check_count, has_classifier_head, image_metrics, make_features, split_tensors
-from genlab.metrics.image import NO_CLASSIFIER_HEAD, TEST_ADVICE
+from genlab.metrics.image import NO_CLASSIFIER_HEAD, TEST_ADVICE, extract, fid_kid
 from genlab.sample import load, run_dir_of
 from genlab.sampling import BATCH_SIZE, class_labels, draw, is_conditional, num_classes
 
@@ -63,6 +63,7 @@ NOTES = {
     "kl": "KL(q(z|x) || p(z)), nats per image",
     "class_tv": "class balance: total variation between the classifier's labels on samples and on test images",
     "fid": "Frechet distance of the features to the training images (lower is better)",
+    "rfid": "reconstruction FID: decode(encode(x)) of the test images vs those images (a first stage's floor)",
     "kid": "kernel distance (unbiased, can be < 0; kid_std over 10 subsets)",
     "precision": "fraction of samples on the real data's manifold (fidelity)",
     "recall": "fraction of real images on the samples' manifold (diversity)",
@@ -162,6 +163,18 @@ def class_balance(features: torch.nn.Module, samples: torch.Tensor, real: torch.
     }
 
 
+@torch.no_grad()
+def reconstruction_figures(
+    model: L.LightningModule, features: torch.nn.Module, real_test: torch.Tensor, seed: int, batch_size: int
+) -> dict[str, float]:
+    """rFID (Esser et al. 2021; Rombach et al. 2022, tab. 8): the FID of `reconstruct(x)` of the test images
+    against those images, in the project's feature space, and `test/rec_mse`, their mean squared error per
+    pixel in [-1, 1] units. A first stage's rFID bounds what any generator in its latents can reach."""
+    recon = torch.cat([model.reconstruct(x.to(model.device)).float().cpu() for x in real_test.split(batch_size)])
+    fid = fid_kid(extract(features, real_test), extract(features, recon), seed)["fid"]
+    return {"rfid": fid, "test/rec_mse": float((recon - real_test.float()).square().mean())}
+
+
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     """Score the run; returns what eval.json holds."""
     n = 1000 if args.get("n") is None else args["n"]
@@ -194,6 +207,8 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
             if hasattr(features, "test_accuracy")
             else "Inception-v3 pool3 (2048-d)"
         )
+        if hasattr(model, "reconstruct"):  # a first stage (model=autoencoder): how well it keeps the test images
+            metrics |= reconstruction_figures(model, features, real_test, seed, args.get("batch_size") or BATCH_SIZE)
         if labels is not None and not has_classifier_head(features):
             report["skipped"] = NO_CLASSIFIER_HEAD
         if labels is None and has_classifier_head(features):  # conditional models: per-label accuracy instead
