@@ -204,7 +204,7 @@ class DiffusionModule(L.LightningModule):
         if self.text_conditional:
             labels = self._caption_ids(n, prompts, labels)
         elif prompts is not None:
-            raise ConfigError("prompt: this model has no text encoder (its conditioning is labels or none): drop the prompt")
+            raise ConfigError("prompt: this model has no text encoder (its conditioning is labels or none): drop it")
         elif labels is not None:
             classes = self.conditioning.num_classes if self.conditioning is not None else None
             labels = check_labels(labels, n, classes, self.device, "model.net.conditioning is null", "data.num_classes")
