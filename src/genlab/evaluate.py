@@ -229,11 +229,14 @@ def text_to_image_figures(
 
 
 def evaluate_retrieval(args: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
-    """`run=retrieval`: the retrieval baseline on data=captioned_digits (its config's defaults, `seed`)."""
+    """`run=retrieval`: the retrieval baseline on data=captioned_digits (its config's defaults and `seed`;
+    `args["data_overrides"]`, e.g. ["data.train_scenes=500"], from Python only: tests keep it small)."""
     from genlab.baselines import RetrievalBaseline
     from genlab.config import compose
 
-    datamodule = instantiate(compose(["data=captioned_digits", f"seed={seed}"]).data, "data")
+    datamodule = instantiate(
+        compose(["data=captioned_digits", f"seed={seed}", *args.get("data_overrides", ())]).data, "data"
+    )
     metrics, extra = text_to_image_figures(RetrievalBaseline(datamodule), datamodule, n, seed, args)
     notes = extra.pop("notes")
     report = {"checkpoint": "none (a baseline)", "model": "RetrievalBaseline", "seed": seed, "split": "test"}
