@@ -81,11 +81,6 @@ def test_retrieval_is_perfect_on_seen_captions_and_cannot_compose_held_out_ones(
 
 
 def test_label_conditioned_view_draws_large_digits_and_refuses_other_captions(data) -> None:
-    class Labelled:  # a class-conditional model: the label's first test digit, at 28x28
-        def sample(self, n: int, labels: torch.Tensor) -> torch.Tensor:
-            oracle = Oracle()
-            return torch.stack([oracle.large[oracle.first[int(k)], :, 2:30, 2:30] for k in labels])
-
     view = LabelConditionedView(Labelled())
     prompts = ["a seven", "the digit 3", "a big 8"]
     assert all(view.expressible(p) for p in prompts) and not view.expressible("a 3 above a 7")
@@ -148,3 +143,27 @@ def test_a_model_without_prompts_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError, match="guidance: the NoGuidance"):
         draw_for_prompts(NoGuidance(), ["a seven"], seed=0, batch_size=8, guidance=2.0)
     assert draw_for_prompts(NoGuidance(), ["a seven"] * 3, seed=0, batch_size=2).shape == (3, 1, 32, 32)
+
+
+class Labelled(L.LightningModule):
+    """A class-conditional stand-in: each label's digit, 28x28, as a conditional mnist5k run draws."""
+
+    def sample(self, n: int, labels: torch.Tensor, guidance: float | None = None) -> torch.Tensor:
+        oracle = Oracle()
+        return torch.stack([oracle.large[oracle.first[int(k)], :, 2:30, 2:30] for k in labels])
+
+
+def test_eval_captions_scores_a_label_conditioned_run_on_what_a_label_expresses(lookup, tmp_path, monkeypatch):
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    config = {"data": {"num_classes": 10}, "seed": 0}
+    monkeypatch.setattr(evaluate_module, "load", lambda run, device=None: (Labelled(), ckpt, config))
+    overrides = [f"data.{k}={v}" for k, v in DATA.items() if k != "seed"]
+    report = evaluate_module.evaluate(
+        {"run": "x", "captions": 1, "cache_dir": str(tmp_path), "data_overrides": overrides}
+    )
+    metrics = report["metrics"]
+    assert metrics["align_all/exact"] == 1.0 and 0 < metrics["align/expressible"] < 0.5
+    assert metrics["align_all/n"] == report["n"] > 0 and (tmp_path / "run" / "eval_captions.json").is_file()
+    monkeypatch.setattr(evaluate_module, "load", lambda run, device=None: (Oracle(), ckpt, config))
+    with pytest.raises(ConfigError, match="captions=1: the run is not a class-conditional"):
+        evaluate_module.evaluate({"run": "x", "captions": 1})
