@@ -205,7 +205,9 @@ def text_to_image_figures(
         guidance=args.get("guidance"),
         steps=args.get("steps"),
     )
-    real_train = split_tensors(datamodule, "train")[0]
+    # Distinct training scenes only: a digit image drawn into the same place twice makes exact duplicates,
+    # which set the memorisation threshold (the real images' 1st-percentile distance to another one) to 0.
+    real_train = torch.unique(split_tensors(datamodule, "train")[0], dim=0)
     real_test = split_tensors(datamodule, "test")[0]
     weights = args.get("feature_extractor_weights_path")
     features = make_features(datamodule, weights, cache_dir) if weights else SceneFeatures(checker)
