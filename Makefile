@@ -68,7 +68,8 @@ sample: install  ## draw from a run: make sample RUN=logs/vae/<run> N=64 [SEED= 
 
 eval: install  ## score a run (FID/KID/PRDC, test bits/dim or loss): make eval RUN=logs/vae/<run> [N=1000 SEED=0]
 	@test -n "$(RUN)" || { echo "make eval: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
-	$(PY) -m genlab.evaluate $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(ARGS)
+	$(PY) -m genlab.evaluate $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) \
+		$(if $(GUIDANCE),guidance=$(GUIDANCE)) $(if $(STEPS),steps=$(STEPS)) $(ARGS)
 
 results: install  ## train + evaluate every family, write docs/results.md (~40 min on 2 cores); QUICK=1: a smoke run
 	$(PY) -m genlab.results $(if $(QUICK),--quick) $(ARGS)

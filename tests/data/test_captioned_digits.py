@@ -4,6 +4,9 @@ disjoint by digit image, batches are deterministic by seed and the loop's positi
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,9 @@ from genlab.data.captioned_digits import (
 )
 from genlab.data.images import ShuffledBatches
 from genlab.errors import ConfigError, DataError
+from genlab.faults import PREEMPTED_EXIT_CODE
+from genlab.models.vae import VAEModule
+from genlab.train import main
 
 
 def _setup(**kwargs) -> CaptionedDigitsDataModule:
@@ -115,3 +121,31 @@ def test_encode_refuses_long_captions_and_unknown_characters_in_one_line(dm: Cap
         CaptionedDigitsDataModule(context=20)
     with pytest.raises(ConfigError, match="data.alphabet"):
         CaptionedDigitsDataModule(alphabet="_abc")
+
+
+@pytest.mark.slow
+def test_a_signal_mid_epoch_then_resume_equals_an_unbroken_run(tmp_path: Path, monkeypatch) -> None:
+    """A real stop (SIGUSR1 from inside the training step at a known step) on captioned scenes, as data=mnist5k's
+    test: the VAE ignores the captions, the batches' order and contents are what is checked."""
+    argv = ["model=vae", "data=captioned_digits", "trainer=debug", "callbacks.progress.refresh_rate=0"]
+    argv += [f"log_dir={tmp_path}", "data.batch_size=16", "data.train_scenes=96", "data.val_scenes=16"]
+    argv += ["data.test_scenes=16", "trainer.limit_train_batches=6", "model.encoder.hidden_features=[32]"]
+    argv += ["model.iw_samples=2", "trainer.limit_val_batches=1"]
+    assert main([*argv, "run_name=unbroken"]) == 0
+    original = VAEModule.training_step
+
+    def training_step(self, batch, idx: int):
+        if self.global_step == 8:  # epoch 1, its third batch
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, idx)
+
+    monkeypatch.setattr(VAEModule, "training_step", training_step)
+    resumable = [*argv, "run_name=stopped", "resume=auto"]
+    assert main(resumable) == PREEMPTED_EXIT_CODE
+    monkeypatch.setattr(VAEModule, "training_step", original)
+    assert main(resumable) == 0
+    load = lambda run: torch.load(tmp_path / "vae" / run / "checkpoints" / "last.ckpt", weights_only=True)  # noqa: E731
+    unbroken, resumed = load("unbroken"), load("stopped")
+    assert unbroken["global_step"] == resumed["global_step"] == 12
+    for key, value in unbroken["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
