@@ -62,6 +62,17 @@ def test_empty_caption_is_unconditional(model: DiffusionModule) -> None:
     assert not torch.allclose(_draw(model, prompts=PROMPTS, guidance=1.0), unconditional)
 
 
+def test_dit_text_model_empty_caption_is_unconditional() -> None:
+    torch.manual_seed(0)
+    dit = ("model.net.hidden_size=16", "model.net.depth=1", "model.net.num_heads=2", *TINY[-3:])
+    model = instantiate(compose(["experiment=text_to_image_dit", *dit]).model).eval()
+    with torch.no_grad():
+        for p in model.ema.shadow.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.testing.assert_close(_draw(model, prompts=["", ""], guidance=1.0), _draw(model, prompts=PROMPTS, guidance=0.0))
+    assert not torch.allclose(_draw(model, prompts=PROMPTS, guidance=1.0), _draw(model, prompts=["", ""]))
+
+
 def test_bad_prompts_one_line_each(model: DiffusionModule) -> None:
     with pytest.raises(ConfigError, match=r"has 60 characters; the text encoder holds 48 \(data.context"):
         model.sample(1, steps=1, prompts=["a" * 60])
