@@ -101,8 +101,8 @@ def generate_text(model: L.LightningModule, n: int, seed: int, **options: Any) -
     family = type(model).__name__.removesuffix("Module").lower()
     if not hasattr(model, "generate"):
         raise ConfigError(
-            f"prompt: this {family} model has no text encoder (nor generate()): it does not take a prompt; "
-            "train one with experiment=text_to_image, or drop PROMPT"
+            f"prompt: the {family} family has no generate() and this model no text encoder: it does not take a "
+            "prompt (a text-to-image model trains with experiment=text_to_image); drop PROMPT"
         )
     hparams = model.hparams
     kwargs = {
