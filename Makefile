@@ -65,16 +65,17 @@ agent: install  ## join a sweep from any machine: make agent SWEEP=entity/projec
 	@test -n "$(SWEEP)" || { echo "make agent: give the sweep: SWEEP=entity/project/id (make sweep prints it)" >&2; exit 2; }
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/wandb agent $(if $(COUNT),--count $(COUNT)) $(SWEEP)
 
-sample: install  ## draw from a run: make sample RUN=logs/vae/<run> N=64 [SEED= LABEL= STEPS= GUIDANCE= PROMPT= TEMPERATURE= EXPORT=dir WATERMARK=false]
+sample: install  ## draw from a run: make sample RUN=logs/vae/<run> N=64 [SEED= LABEL= STEPS= GUIDANCE= PROMPT= PROMPTS=file TEMPERATURE= EXPORT=dir WATERMARK=false]
 	@test -n "$(RUN)" || { echo "make sample: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
 	$(PY) -m genlab.sample $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(if $(LABEL),label=$(LABEL)) \
 		$(if $(STEPS),steps=$(STEPS)) $(if $(GUIDANCE),guidance=$(GUIDANCE)) $(if $(TEMPERATURE),temperature=$(TEMPERATURE)) \
-		$(if $(PROMPT),"prompt=$(PROMPT)") $(if $(EXPORT),export=$(EXPORT)) \
+		$(if $(PROMPT),"prompt=$(PROMPT)") $(if $(PROMPTS),"prompts=$(PROMPTS)") $(if $(EXPORT),export=$(EXPORT)) \
 		$(if $(WATERMARK),watermark=$(WATERMARK)) $(ARGS)
 
 eval: install  ## score a run (FID/KID/PRDC, test bits/dim or loss): make eval RUN=logs/vae/<run> [N=1000 SEED=0]
 	@test -n "$(RUN)" || { echo "make eval: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }
-	$(PY) -m genlab.evaluate $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) $(ARGS)
+	$(PY) -m genlab.evaluate $(RUN) $(if $(N),n=$(N)) $(if $(SEED),seed=$(SEED)) \
+		$(if $(GUIDANCE),guidance=$(GUIDANCE)) $(if $(STEPS),steps=$(STEPS)) $(ARGS)
 
 export: install  ## a model folder (safetensors, config, tokenizer, model card): make export RUN=logs/<model>/<run> OUT=<dir>
 	@test -n "$(RUN)" || { echo "make export: give the run: RUN=logs/<model>/<run folder> (or a .ckpt)" >&2; exit 2; }

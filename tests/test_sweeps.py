@@ -156,6 +156,8 @@ def tiny_experiment_data(experiment: str, tmp_path: Path) -> tuple[str, ...]:
         smiles = tmp_path / "mols.smi"
         smiles.write_text("\n".join(molecules.embedded_path().read_text().splitlines()[:50]) + "\n")
         return (f"data.path={smiles}", "data.block_size=32")
+    if experiment == "text_to_image":  # fewer composed scenes (20,000 and 1,000 by default)
+        return ("data.train_scenes=256", "data.val_scenes=64")
     if experiment == "gpt_music":
         return ("data.max_pieces=5", "data.val_fraction=0.2", "data.test_fraction=0.2", "data.block_size=32")
     if experiment == "vq_gpt":  # an untrained VQ autoencoder of the 8x8 digits as the first stage (2x2 codes)

@@ -1,4 +1,5 @@
-"""Trivial baselines a generative model must beat: a character n-gram model.
+"""Trivial baselines a generative model must beat: a character n-gram model (text), and for
+text-to-image on data=captioned_digits a retrieval baseline and a label-conditioned model's view.
 
 `NgramModel(order)` predicts each character from the `order - 1` characters before it, smoothed by
 Witten-Bell interpolation (Witten & Bell 1991; Chen & Goodman 1998, "An empirical study of smoothing
@@ -20,6 +21,14 @@ exact for the formula above (less the unseen slot) and costs O(order) per charac
     model = NgramModel(order=5).fit(train_text)
     model.bits_per_char(val_text)                            # bits per character
     model.sample(n=10, length=200, prompt="def ", seed=0)    # continuations, prompt left out
+
+Text-to-image baselines (both obey the text-to-image contract `sample(n, prompts=[...]) -> (n, C, S, S)`):
+- `RetrievalBaseline(datamodule)` returns, for each prompt, the TRAINING scene whose caption matches it
+  best (most shared words and word pairs; ties drawn by seed): perfect on captions seen in training, and
+  it cannot compose a relation it never saw ("a 3 above a 7" finds "a 7 above a 3" or "a 3 above a 9").
+- `LabelConditionedView(model, image_size)` lets a class-conditional image model (`sample(n, labels=)`)
+  answer the captions a label can express: one large digit ("a seven", "the digit 7"); its digit is resized
+  and centred as data=captioned_digits draws a large one. Other captions are refused (`expressible`).
 """
 
 from __future__ import annotations
@@ -29,6 +38,10 @@ import math
 import random
 from collections import Counter, defaultdict
 
+import torch
+import torch.nn.functional as F
+
+from genlab.data.captioned_digits import large_size, parse
 from genlab.errors import ConfigError, DataError
 
 
@@ -123,3 +136,76 @@ class NgramModel:
                 text += self._draw(self._context(text), rng)
             out.append(text[len(prompt) :])
         return out
+
+
+def caption_grams(caption: str) -> set[str]:
+    """The words and adjacent word pairs of a caption (what `RetrievalBaseline` matches on)."""
+    words = caption.lower().split()
+    return set(words) | {f"{x} {y}" for x, y in itertools.pairwise(words)}
+
+
+class RetrievalBaseline:
+    """The training scene whose caption shares the most words and word pairs with the prompt (module
+    docstring). `datamodule`: a set-up-able `CaptionedDigitsDataModule` (its train split is the library)."""
+
+    def __init__(self, datamodule) -> None:
+        datamodule.setup("fit")
+        self.scenes = datamodule.splits["train"]  # indexed with a list: (images, caption ids)
+        by_caption: dict[str, list[int]] = defaultdict(list)
+        for i, scene in enumerate(datamodule.scenes["train"]):
+            by_caption[scene.caption].append(i)
+        self.captions = sorted(by_caption)
+        self.members = [by_caption[c] for c in self.captions]
+        grams = sorted(set().union(*(caption_grams(c) for c in self.captions)))
+        self.gram_index = {g: k for k, g in enumerate(grams)}
+        self.table = torch.zeros(len(self.captions), len(grams))  # (captions, grams) 0/1
+        for row, caption in enumerate(self.captions):
+            self.table[row, [self.gram_index[g] for g in caption_grams(caption)]] = 1.0
+
+    def retrieve(self, prompt: str, rng: random.Random) -> int:
+        """The index of the training scene returned for `prompt`."""
+        query = torch.zeros(len(self.gram_index))
+        known = [self.gram_index[g] for g in caption_grams(prompt) if g in self.gram_index]
+        query[known] = 1.0
+        overlap = self.table @ query - 1e-3 * self.table.sum(1)  # fewest extra words among equal overlaps
+        best = torch.nonzero(overlap == overlap.max()).flatten().tolist()
+        return rng.choice(self.members[rng.choice(best)])
+
+    def sample(
+        self, n: int, prompts: list[str], guidance: float | None = None, steps: int | None = None, seed: int = 0
+    ):
+        """`(n, C, S, S)` training scenes, one per prompt (`guidance`, `steps`: accepted, unused)."""
+        if len(prompts) != n:
+            raise ConfigError(f"RetrievalBaseline.sample: {len(prompts)} prompts for n={n}")
+        rng = random.Random(seed)
+        return self.scenes[[self.retrieve(p, rng) for p in prompts]][0]
+
+
+class LabelConditionedView:
+    """A class-conditional model (`sample(n, labels=(n,) int64)`, digits 0-9) drawing the captions a label
+    expresses: one large digit. Its samples are resized to the large digit's size and centred on the
+    `image_size` canvas of data=captioned_digits."""
+
+    def __init__(self, model, image_size: int = 32) -> None:
+        self.model, self.image_size = model, image_size
+
+    @staticmethod
+    def expressible(prompt: str) -> bool:
+        try:
+            return parse(prompt).kind == "large"
+        except DataError:
+            return False
+
+    def sample(self, n: int, prompts: list[str], guidance: float | None = None, steps: int | None = None, **kwargs):
+        if len(prompts) != n:
+            raise ConfigError(f"LabelConditionedView.sample: {len(prompts)} prompts for n={n}")
+        refused = [p for p in prompts if not self.expressible(p)]
+        if refused:
+            raise DataError(f"a class label cannot express {refused[0]!r}: only one large digit ('a seven')")
+        labels = torch.tensor([parse(p).digits[0] for p in prompts])
+        options = {k: v for k, v in (("guidance", guidance), ("steps", steps)) if v is not None}
+        x = self.model.sample(n, labels=labels, **options, **kwargs).float().clamp(-1, 1).cpu()
+        large = large_size(self.image_size)
+        x = F.interpolate(x, size=(large, large), mode="bilinear", antialias=True, align_corners=False)
+        border = (self.image_size - large) // 2
+        return F.pad(x, (border,) * 4, value=-1.0)

