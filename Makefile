@@ -22,10 +22,10 @@ QUICK  ?=
 # make prepare: the data set to convert and the folder for its chunks
 SRC    ?=
 OUT    ?=
-# make export / push (README "Share your model"): the Hub model repo to push to, the card's licence
+# make export / push (docs/sharing.md): the Hub model repo to push to, the card's licence
 REPO   ?=
 LICENSE ?=
-# make augment / anomaly / detect (README "Applications")
+# make augment / anomaly / detect (docs/applications.md)
 HOLDOUT ?= 7
 RUNS   ?=
 # make demo: the port of the page

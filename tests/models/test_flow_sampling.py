@@ -1,5 +1,5 @@
 """The default flow samples its own distribution (temperature 1): side by side with normflows' Glow
-(bench/flow_vs_reference.py, README "Flow vs normflows' Glow") a lower temperature scored a worse FID
+(bench/flow_vs_reference.py, docs/flow.md, "Flow vs normflows' Glow") a lower temperature scored a worse FID
 (0.8: 1.87-1.99 against 0.79-0.86 at 1), the defect the default had."""
 
 from __future__ import annotations

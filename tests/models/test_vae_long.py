@@ -1,5 +1,5 @@
 """experiment=vae_long (configs/experiment/vae_long.yaml): the VAE recipe for budgets past a minute,
-measured in the README's "VAE vs pytorch/examples"."""
+measured in docs/vae.md, "VAE vs pytorch/examples"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Generative models put to work, one command each (README "Applications"):
+"""Generative models put to work, one command each (docs/applications.md):
 
 - `genlab.apps.augment` (make augment): synthetic labelled digits as extra training data for a
   classifier that has few real labels;

@@ -9,7 +9,7 @@ Every image data module declares `levels`, the number of intensity levels its da
 k / (levels - 1) * 2 - 1, k = 0..levels-1: raw values are checked against it (a mismatch is a
 DataError naming data.levels) and resized or converted images are snapped back onto it. Likelihoods
 and bits/dim are then measured for that discretization, the same for every family (see
-`genlab.models.likelihoods.bits_per_dim` and the README's "Bits per dimension").
+`genlab.models.likelihoods.bits_per_dim` and docs/evaluation.md, "Bits per dimension").
 """
 
 from __future__ import annotations

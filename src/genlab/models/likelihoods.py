@@ -1,6 +1,6 @@
 """Likelihoods of images in [-1, 1] and the project's one bits/dim convention.
 
-The convention (README, "Bits per dimension"): an image data module declares `levels`, the number
+The convention (docs/evaluation.md, "Bits per dimension"): an image data module declares `levels`, the number
 of intensity levels its data has (digits 17, 8-bit images 256), and pixel values sit on the grid
 x = k / (levels - 1) * 2 - 1, k = 0..levels-1. Every family reports
 

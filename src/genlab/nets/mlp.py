@@ -1,6 +1,6 @@
 """Fully connected encoder and decoder for small images (the 8x8 digits): a flattened image through
 hidden layers. On 64 pixels an MLP learns as well as a convolutional net at a fraction of the cost
-per step (measured in the README's "VAE vs pytorch/examples"); use `ConvEncoder`/`ConvDecoder` from
+per step (measured in docs/vae.md, "VAE vs pytorch/examples"); use `ConvEncoder`/`ConvDecoder` from
 28x28 up, where weight sharing pays.
 """
 
