@@ -18,7 +18,7 @@ def section(runs: dict[str, Path], out_dir: Path, quick: bool) -> list[str]:
     images = {f: run for f, run in runs.items() if f in known}
     if not images:
         return []
-    lines = ["## Applications", "", '`make augment` and `make detect` (docs/applications.md) on the runs above.', ""]
+    lines = ["## Applications", "", "`make augment` and `make detect` (docs/applications.md) on the runs above.", ""]
     if "diffusion" in images:
         options = QUICK["augment"] if quick else {}
         a = augment({"run": str(images["diffusion"]), "out": str(out_dir / "augment.json"), **options})
