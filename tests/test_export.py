@@ -130,6 +130,9 @@ def test_the_card_is_the_hubs_format_and_its_limitations_follow_the_figures(
         "metrics": {"test/loss": 0.5, "fid": 90.0, "real_test/fid": 3.0, "near_copies": 0.25},
     }
     report["metrics"] |= {"near_copy_threshold": 0.075, "nn_dist_ratio": 0.5, "recall": 0.1, "real_test/recall": 0.8}
+    report["metrics"] |= {"class_tv": 0.35, "real_test/class_tv": 0.05}
+    report["class_balance"] = {"tv": 0.35, "least_generated": 7, "least_generated_share": 0.0}
+    report["class_balance"] |= {"least_generated_data_share": 0.1, "missing": [7]}
     (diffusion_run / "eval.json").write_text(json.dumps(report))
     try:
         folder = _exported(diffusion_run, tmp_path, license="mit")
@@ -145,6 +148,8 @@ def test_the_card_is_the_hubs_format_and_its_limitations_follow_the_figures(
     limits = body.split("## Intended use and limitations")[1]
     assert "25.0% of 200 samples are near-copies" in limits and "hug the training set" in limits
     assert "30.0 times that of held-out real images" in limits and "mode dropping" in limits
+    assert "Class balance: the classifier's labels over the samples are 0.35 in total variation" in limits
+    assert "least generated: class 7 (0.0% of samples, 10.0% of the data); never generated: 7" in limits
     assert json.loads((folder / "eval.json").read_text()) == report
     other = (_exported(diffusion_run, tmp_path / "b") / "README.md").read_text()  # no report: say how to make one
     assert "No evaluation report" in other and "make eval RUN=" in other and "near-copies" not in other

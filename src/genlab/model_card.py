@@ -229,6 +229,19 @@ def limitations(info: CardInfo) -> list[str]:
                 f"Diversity: recall {recall:.2f} against {floor:.2f} for real images: it covers only part of the "
                 "data (mode dropping, the small-scale form of bias: some kinds of images are under-produced)."
             )
+    if (balance := report.get("class_balance")) is not None:  # unconditional image models (make eval)
+        floor = metrics.get("real_test/class_tv")
+        line = (
+            f"Class balance: the classifier's labels over the samples are {balance['tv']:.2f} in total variation "
+            f"from the data's"
+            + (f" ({floor:.2f} between training and test images)" if floor is not None else "")
+            + f"; least generated: class {balance['least_generated']} "
+            f"({100 * balance['least_generated_share']:.1f}% of samples, "
+            f"{100 * balance['least_generated_data_share']:.1f}% of the data)"
+        )
+        if balance.get("missing"):
+            line += f"; never generated: {', '.join(str(c) for c in balance['missing'])}"
+        out.append(line + ". Under-produced classes are the small-scale form of bias.")
     per_label = {k.split("/")[1]: v for k, v in metrics.items() if k.startswith("accuracy/")}
     if per_label:
         worst = min(per_label, key=per_label.get)
