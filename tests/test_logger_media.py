@@ -63,3 +63,29 @@ def test_tensorboard_gets_the_marked_grid_as_an_image_and_texts_as_text(tmp_path
     assert image.step == 3 and watermark.is_marked(pixels)
     (text,) = events.Tensors("samples/text_summary")
     assert b"first text" in text.tensor_proto.string_val[0]
+
+
+def test_a_text_to_image_grid_comes_with_its_prompts_as_a_wandb_table(tmp_path: Path) -> None:
+    """The prompts a text-to-image grid was drawn for, in grid order, as a wandb.Table beside the image."""
+    logger = wandb_logger(save_dir=str(tmp_path), offline=True)
+    trainer = SimpleNamespace(loggers=[logger], global_step=5, is_global_zero=True, default_root_dir=str(tmp_path))
+    trainer.strategy = None  # not FSDP: the weights are whole
+
+    class TextModel(torch.nn.Module):
+        text_conditional = True
+        device = torch.device("cpu")
+
+        def sample(self, n: int) -> torch.Tensor:
+            return _images()[:n]
+
+        def default_prompts(self, n: int) -> list[str]:
+            return ["a seven", "two threes"][:n]
+
+    callback = SampleLogger(num_samples=2)
+    callback.log_samples(trainer, TextModel(), "final")
+    logger.finalize("success")
+    assert (tmp_path / "samples" / "prompts_final.txt").read_text().startswith("a seven")
+    (run,) = offline_runs(tmp_path)
+    (table,) = [p for p in run.media if p.name.endswith(".table.json")]
+    content = json.loads(table.read_text())
+    assert content["columns"] == ["step", "prompt"] and content["data"] == [[5, "a seven"], [5, "two threes"]]

@@ -74,6 +74,9 @@ class SampleLogger(L.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         if isinstance(samples, torch.Tensor):
             self._log_images(trainer, "samples", samples, folder / f"samples_{tag}.png", self.watermark)
+            if getattr(pl_module, "text_conditional", False):  # text-to-image: the grid's prompts, in grid order
+                prompts = pl_module.default_prompts(len(samples))
+                self._log_text(trainer, prompts, folder / f"prompts_{tag}.txt", key="prompts", column="prompt")
             if recon is not None:
                 path = folder / f"reconstructions_{tag}.png"
                 self._log_images(trainer, "reconstructions", recon, path, self.watermark)
@@ -114,15 +117,15 @@ class SampleLogger(L.Callback):
                 logger.experiment.add_image(key, pixels, global_step=trainer.global_step, dataformats="HWC")
 
     @staticmethod
-    def _log_text(trainer: L.Trainer, texts: list[str], path: Path) -> None:
+    def _log_text(
+        trainer: L.Trainer, texts: list[str], path: Path, key: str = "samples", column: str = "sample"
+    ) -> None:
         path.write_text("\n\n----------\n\n".join(texts) + "\n", encoding="utf-8")
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_text(
-                    key="samples", columns=["step", "sample"], data=[[trainer.global_step, t] for t in texts]
-                )
+            if isinstance(logger, WandbLogger):  # a wandb.Table of (step, text) rows
+                logger.log_text(key=key, columns=["step", column], data=[[trainer.global_step, t] for t in texts])
             elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("samples", "\n\n".join(f"    {t}" for t in texts), trainer.global_step)
+                logger.experiment.add_text(key, "\n\n".join(f"    {t}" for t in texts), trainer.global_step)
 
 
 class ProgressBar(TQDMProgressBar):

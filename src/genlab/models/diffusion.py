@@ -231,13 +231,18 @@ class DiffusionModule(L.LightningModule):
             return x
         return self.first_stage.decode(x / self.first_stage.scale_factor)  # (n, C, H, W) in [-1, 1]
 
+    def default_prompts(self, n: int) -> list[str]:
+        """What `sample(n)` of a text model draws without prompts: `sample_prompts` in turn (the training
+        grids; SampleLogger logs them beside the grid), or the empty caption."""
+        cycle = list(self.hparams.sample_prompts or [""])
+        return [cycle[i % len(cycle)] for i in range(n)]
+
     def _caption_ids(self, n: int, prompts: list[str] | None, labels: Any) -> torch.Tensor:
         """`(n, context)` caption ids of the prompts (one per sample), or of `sample_prompts` in turn."""
         if labels is not None:
             raise ConfigError("label: this model draws from text: give prompts (PROMPT=...), not labels")
         if prompts is None:
-            cycle = list(self.hparams.sample_prompts or [""])
-            prompts = [cycle[i % len(cycle)] for i in range(n)]
+            prompts = self.default_prompts(n)
         if isinstance(prompts, str) or len(prompts) != n:
             raise ConfigError(f"sample(prompts=...): give a list of {n} prompts, one per sample")
         return self.conditioning.encode(list(prompts), self.device)
