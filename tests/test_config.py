@@ -343,6 +343,7 @@ RUN_RECIPES = [f"model={m}" for m in choices_of("model")] + [f"experiment={e}" f
 @pytest.mark.parametrize("recipe", RUN_RECIPES)
 def test_trainer_debug_is_short_for_every_family_and_experiment(recipe: str, tmp_path: Path) -> None:
     argv = [recipe, "trainer=debug"] + ([f"model.init_from={tmp_path}"] if "gpt_feedback" in recipe else [])
+    argv += [f"data.path={tmp_path}"] if recipe == "experiment=dit_s2_imagenet256_latent" else []  # data=streaming
     trainer = compose(argv).trainer
     assert _training_steps(trainer) <= 10, f"{recipe} trainer=debug runs up to {_training_steps(trainer)} batches"
     assert isinstance(trainer.limit_val_batches, int) and trainer.limit_val_batches <= 2
