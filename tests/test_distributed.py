@@ -42,6 +42,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 15-25 s: two processes / a discriminator run; make test-all runs it
 def test_two_nodes_on_loopback_share_one_run_folder(tmp_path: Path) -> None:
     """Two processes, each its own node (num_nodes=2, devices=1), ranks from the environment as a
     per-node launch sets them: both finish, rank zero alone writes the one run folder."""
@@ -82,6 +83,7 @@ def test_two_nodes_on_loopback_share_one_run_folder(tmp_path: Path) -> None:
     assert not any("sync_dist=True" in output for output in outputs)
 
 
+@pytest.mark.slow  # 15-25 s: two processes / a discriminator run; make test-all runs it
 def test_torchrun_without_a_rendezvous_id_shares_rank_zeros_folder(tmp_path: Path) -> None:
     """The plain torchrun command (static --master-addr, no --rdzv-id, no run_name): rank zero stamps
     the run folder and tells the other rank, and Lightning trains on the process group genlab brought up."""

@@ -138,6 +138,7 @@ def _cli(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # 15-25 s: two processes / a discriminator run; make test-all runs it
 def test_entrypoint_run_with_the_discriminator_on_after_one_step(log_dir: Path) -> None:
     result = _cli(
         *TINY, f"log_dir={log_dir}", "run_name=ae", "trainer=debug", "model.disc_start=1",
