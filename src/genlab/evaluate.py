@@ -22,7 +22,8 @@ Two parts, each where it applies (the family contract, nothing family-specific):
   split's captions (in a feature space of the digit classifier on the scene's cells), and their prompt
   alignment (`genlab.metrics.alignment`: identity, count, position, exact caption) on those captions,
   apart for seen and held-out compositions (N per group), beside the real test scenes' own scores. `run=
-  retrieval` scores the retrieval baseline (`genlab.baselines`) on the same prompts, without a run.
+  retrieval` scores the retrieval baseline (`genlab.baselines`) on the same prompts, without a run, and
+  `captions=1` a class-conditional digit run through `LabelConditionedView` on the captions a label expresses.
 """
 
 from __future__ import annotations

@@ -84,3 +84,12 @@ def test_the_mnist5k_classifier_reads_real_test_scenes_near_perfectly(
     comps = [s.composition for s in data.scenes["test"]]
     summary = summarise(comps, real.score(data.splits["test"][list(range(300))][0], comps), [False] * 300)
     assert summary["align_all/exact"] > 0.9 and summary["align_all/identity"] > 0.95
+
+
+def test_a_16px_canvas_is_read_the_same_way() -> None:
+    dm = CaptionedDigitsDataModule(image_size=16, train_scenes=20, val_scenes=10, test_scenes=100)
+    dm.setup("fit")
+    comps = [s.composition for s in dm.scenes["test"]]
+    checker = AlignmentChecker(DigitLookup(16), image_size=16)
+    summary = summarise(comps, checker.score(dm.splits["test"][list(range(100))][0], comps), [False] * 100)
+    assert summary["align_all/exact"] == 1.0 and checker.min_ink == 2
