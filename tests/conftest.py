@@ -15,6 +15,28 @@ from genlab.config import compose
 os.environ.setdefault("WANDB_SILENT", "true")
 
 # A short, complete run: every hook fires (train, validation, checkpoint, samples) in seconds.
+# A tiny autoencoder on the 8x8 digits: 8x8x1 -> 2x2x4 latents (its weights only need to be its own, not good).
+TINY_AE = (
+    "model=autoencoder",
+    "model.encoder.hidden_channels=[8,8,8]",
+    "model.encoder.mid_attention=false",
+    "data.batch_size=32",
+)
+# A one-level UNet for the 8x8 digits or 2x2 latents, two sampling steps.
+TINY_UNET = (
+    "model.net.base_channels=8",
+    "model.net.channel_mults=[1]",
+    "model.net.attention_resolutions=[]",
+    "model.net.num_heads=2",
+    "model.sample_steps=2",
+    "data.batch_size=32",
+)
+# What a first stage needs of the process: no clip to the pixel range; for diffusion a prediction whose x0
+# does not divide by sqrt(alpha_bar_T) ~ 5e-5 (the cosine schedule's last step).
+LATENT = {
+    "diffusion": ("model.process.clip_x0=false", "model.process.prediction=v"),
+    "flow_matching": ("model.process.clip_x0=false",),
+}
 SHORT_RUN = (
     "trainer.accelerator=cpu",
     "trainer.devices=1",

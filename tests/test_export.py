@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import LATENT, TINY_AE, TINY_UNET
 
 from genlab import evaluate, export, model_folder, sample
 from genlab.config import compose
@@ -24,16 +25,6 @@ from genlab.sampling import draw
 from genlab.train import train
 
 SHORT = ("trainer=debug", "trainer.max_steps=2", "callbacks.progress.refresh_rate=0", "callbacks.samples.num_samples=4")
-# A one-level UNet for the 8x8 digits (or 2x2 latents), two sampling steps.
-TINY_UNET = (
-    "model.net.base_channels=8",
-    "model.net.channel_mults=[1]",
-    "model.net.attention_resolutions=[]",
-    "model.net.num_heads=2",
-    "model.sample_steps=2",
-    "data.batch_size=32",
-)
-TINY_AE = ("model=autoencoder", "model.encoder.hidden_channels=[8,8,8]", "model.encoder.mid_attention=false")
 
 
 def _train(log_dir: Path, name: str, *overrides: str) -> Path:
@@ -50,9 +41,8 @@ def diffusion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def latent_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     logs = tmp_path_factory.mktemp("logs")
-    ae = _train(logs, "ae", *TINY_AE, "data.batch_size=32")
-    latent = ("model.process.clip_x0=false", "model.process.prediction=v")  # what a first stage needs
-    return _train(logs, "ldm", "model=diffusion", *TINY_UNET, *latent, f"model.first_stage={ae}")
+    ae = _train(logs, "ae", *TINY_AE)
+    return _train(logs, "ldm", "model=diffusion", *TINY_UNET, *LATENT["diffusion"], f"model.first_stage={ae}")
 
 
 def _no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import LATENT, TINY_AE, TINY_UNET
 from omegaconf import OmegaConf
 
 from genlab import evaluate, sample
@@ -23,29 +24,6 @@ from genlab.instantiate import instantiate
 from genlab.models.diffusion import DiffusionModule
 from genlab.train import main
 
-# A tiny autoencoder on the 8x8 digits: 8x8x1 -> 2x2x4 latents, trained a few steps (its weights only need
-# to be its own, not good).
-TINY_AE = (
-    "model=autoencoder",
-    "model.encoder.hidden_channels=[8,8,8]",
-    "model.encoder.mid_attention=false",
-    "data.batch_size=32",
-)
-# A one-level UNet for 2x2 latents (the latent experiments use one level for 7x7 too).
-TINY_NET = (
-    "model.net.base_channels=8",
-    "model.net.channel_mults=[1]",
-    "model.net.attention_resolutions=[]",
-    "model.net.num_heads=2",
-    "model.sample_steps=2",
-    "data.batch_size=32",
-)
-# What a first stage needs of the process: no clip to the pixel range; for diffusion a prediction whose x0
-# does not divide by sqrt(alpha_bar_T) ~ 5e-5 (the cosine schedule's last step).
-LATENT = {
-    "diffusion": ("model.process.clip_x0=false", "model.process.prediction=v"),
-    "flow_matching": ("model.process.clip_x0=false",),
-}
 SHORT = ("trainer=debug", "callbacks.progress.refresh_rate=0", "callbacks.samples.num_samples=4")
 
 
@@ -69,7 +47,7 @@ def vq_ae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _latent_model(family: str, ae_run: Path, *overrides: str) -> DiffusionModule:
     torch.manual_seed(0)
     return instantiate(
-        compose([f"model={family}", *TINY_NET, *LATENT[family], f"model.first_stage={ae_run}", *overrides]).model
+        compose([f"model={family}", *TINY_UNET, *LATENT[family], f"model.first_stage={ae_run}", *overrides]).model
     )
 
 
@@ -81,7 +59,7 @@ def test_the_first_stage_stays_frozen_outside_the_optimizer_and_the_ema(family: 
     model = _latent_model(family, request.getfixturevalue(first_stage))
     frozen = {k: v.clone() for k, v in model.first_stage.state_dict().items()}
     net_before = [p.detach().clone() for p in model.net.parameters()]
-    datamodule = instantiate(compose([f"model={family}", *TINY_NET]).data)
+    datamodule = instantiate(compose([f"model={family}", *TINY_UNET]).data)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -124,7 +102,7 @@ def test_the_checkpoint_alone_samples_in_a_new_process_and_sample_and_eval_work(
         tmp_path / "logs",
         "latent",
         "model=diffusion",
-        *TINY_NET,
+        *TINY_UNET,
         *LATENT["diffusion"],
         f"model.first_stage={first_stage}",
     )
@@ -182,9 +160,9 @@ class _Features(torch.nn.Module):
 def test_bad_input_is_one_line(argv: list[str], message: str, ae_run: Path, tmp_path: Path, capsys) -> None:
     latent = ae_run.parent.parent / "diffusion" / "not-an-ae"
     if "{latent}" in " ".join(argv) and not latent.exists():  # a diffusion run (pixels) as a first stage
-        _train(ae_run.parent.parent, "not-an-ae", "model=diffusion", *TINY_NET, "model.net.channel_mults=[1,2]")
+        _train(ae_run.parent.parent, "not-an-ae", "model=diffusion", *TINY_UNET, "model.net.channel_mults=[1,2]")
     argv = [a.format(ae=ae_run, latent=latent) for a in argv]
-    assert main([f"log_dir={tmp_path}", *SHORT, "model=diffusion", *TINY_NET, *LATENT["diffusion"], *argv]) == 2
+    assert main([f"log_dir={tmp_path}", *SHORT, "model=diffusion", *TINY_UNET, *LATENT["diffusion"], *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and not any("Traceback" in line for line in err)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import PoolFeatures
+from conftest import TINY_AE, PoolFeatures
 from omegaconf import OmegaConf
 
 from genlab import evaluate, sample
@@ -24,14 +24,7 @@ from genlab.instantiate import instantiate
 from genlab.models.vq_gpt import VQGPTModule
 from genlab.train import main
 
-# A tiny autoencoder on the 8x8 digits (8x8x1 -> 2x2x4, 16 codes): each digit is 4 codes.
-TINY_AE = (
-    "model=autoencoder",
-    "model.encoder.hidden_channels=[8,8,8]",
-    "model.encoder.mid_attention=false",
-    "model.quantizer.num_codes=16",
-    "data.batch_size=32",
-)
+TINY_VQ = (*TINY_AE, "model.quantizer.num_codes=16")  # 8x8x1 -> 2x2x4, 16 codes: each digit is 4 codes
 # The experiment's module on the digits with a two-layer GPT.
 TINY_GPT = (
     "experiment=vq_gpt",
@@ -49,7 +42,7 @@ SHORT = ("trainer=debug", "callbacks.progress.refresh_rate=0", "callbacks.sample
 
 def _first_stage(path: Path, *overrides: str, steps: int = 3) -> Path:
     """A genlab checkpoint of a tiny autoencoder trained `steps` steps (k-means codes, then EMA moves)."""
-    config = OmegaConf.to_container(compose([*TINY_AE, *overrides]), resolve=True)
+    config = OmegaConf.to_container(compose([*TINY_VQ, *overrides]), resolve=True)
     torch.manual_seed(0)
     model = instantiate(config["model"])
     if steps:
