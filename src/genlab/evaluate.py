@@ -153,6 +153,13 @@ def check_test_split(datamodule: ImageDataModule) -> torch.Tensor:
     return real_test
 
 
+def written(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write `report` as JSON to `out` (its folder made) and return it with `written` (the path) added."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return {**report, "written": str(out)}
+
+
 @torch.no_grad()
 def class_balance(features: torch.nn.Module, samples: torch.Tensor, real: torch.Tensor) -> dict[str, Any]:
     """The feature classifier's labels over `samples` vs over `real` images: their distributions, the
@@ -293,10 +300,7 @@ def evaluate_retrieval(args: dict[str, Any], n: int, seed: int) -> dict[str, Any
     report = {"checkpoint": "none (a baseline)", "model": "RetrievalBaseline", "seed": seed, "split": "test"}
     report |= extra | {"metrics": metrics, "notes": {**NOTES, **notes}}
     out = Path(args.get("out") or Path("logs") / "baselines" / "retrieval" / "eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    report["written"] = str(out)
-    return report
+    return written(report, out)
 
 
 def evaluate_label_view(model: Any, ckpt: Path, config: dict[str, Any], args: dict[str, Any], seed: int) -> dict:
@@ -348,10 +352,7 @@ def evaluate_label_view(model: Any, ckpt: Path, config: dict[str, Any], args: di
         "notes": {**NOTES, **ALIGN_NOTES, "expressible": "share of the test captions a label can express"},
     }
     out = Path(args.get("out") or run_dir_of(ckpt) / "eval_captions.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    report["written"] = str(out)
-    return report
+    return written(report, out)
 
 
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
@@ -419,10 +420,7 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         **getattr(datamodule, "metric_notes", {}),
     }
     out = Path(args.get("out") or run_dir_of(ckpt) / "eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    report["written"] = str(out)
-    return report
+    return written(report, out)
 
 
 def table(report: dict[str, Any]) -> str:
