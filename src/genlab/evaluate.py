@@ -28,7 +28,6 @@ Two parts, each where it applies (the family contract, nothing family-specific):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -38,6 +37,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from genlab.apps.common import write_report
 from genlab.data.captioned_digits import CaptionedDigitsDataModule
 from genlab.data.images import ImageDataModule
 from genlab.errors import ConfigError, GenlabError
@@ -151,13 +151,6 @@ def check_test_split(datamodule: ImageDataModule) -> torch.Tensor:
     split = "the run's test split" + (f", data.test_fraction={fraction}" if fraction is not None else "")
     check_count(len(real_test), f"test images ({split})", advice=TEST_ADVICE)
     return real_test
-
-
-def written(report: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Write `report` as JSON to `out` (its folder made) and return it with `written` (the path) added."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    return {**report, "written": str(out)}
 
 
 @torch.no_grad()
@@ -300,7 +293,8 @@ def evaluate_retrieval(args: dict[str, Any], n: int, seed: int) -> dict[str, Any
     report = {"checkpoint": "none (a baseline)", "model": "RetrievalBaseline", "seed": seed, "split": "test"}
     report |= extra | {"metrics": metrics, "notes": {**NOTES, **notes}}
     out = Path(args.get("out") or Path("logs") / "baselines" / "retrieval" / "eval.json")
-    return written(report, out)
+    report["written"] = str(write_report(report, out))  # the apps' writer: one JSON format
+    return report
 
 
 def evaluate_label_view(model: Any, ckpt: Path, config: dict[str, Any], args: dict[str, Any], seed: int) -> dict:
@@ -352,7 +346,8 @@ def evaluate_label_view(model: Any, ckpt: Path, config: dict[str, Any], args: di
         "notes": {**NOTES, **ALIGN_NOTES, "expressible": "share of the test captions a label can express"},
     }
     out = Path(args.get("out") or run_dir_of(ckpt) / "eval_captions.json")
-    return written(report, out)
+    report["written"] = str(write_report(report, out))  # the apps' writer: one JSON format
+    return report
 
 
 def evaluate(args: dict[str, Any]) -> dict[str, Any]:
@@ -420,7 +415,8 @@ def evaluate(args: dict[str, Any]) -> dict[str, Any]:
         **getattr(datamodule, "metric_notes", {}),
     }
     out = Path(args.get("out") or run_dir_of(ckpt) / "eval.json")
-    return written(report, out)
+    report["written"] = str(write_report(report, out))  # the apps' writer: one JSON format
+    return report
 
 
 def table(report: dict[str, Any]) -> str:
